@@ -1,0 +1,183 @@
+"""Predicting what an assignment costs, straight from the cost model's definition.
+
+The solver optimises a linear encoding of the same quantities; this module computes
+them directly from an assignment, so the two can check each other (tests compare the
+solver with brute-force enumeration scored here). Formulas: docs/concepts.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tierflow.plan.cost_model import BYTES_PER_MB, CostModel, IntArray
+from tierflow.plan.objective import Objective
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted cost of one assignment for one input.
+
+    Attributes
+    ----------
+    latency_ms:
+        End to end: compute on every tier, transfers up the links, one round trip per
+        link in use, and the output's return to the first tier.
+    energy_mj:
+        Energy of the first tier (compute, transmit and idle waiting), ``None`` when the
+        topology gives it no power figures.
+    bytes_per_link:
+        Bytes crossing each link per input, both directions.
+    throughput_rps:
+        Inputs per second when requests are pipelined: 1000 / the slowest stage's ms.
+    compute_ms:
+        Compute time per tier.
+    transfer_ms:
+        Transfer time per link (up and down, excluding propagation delay).
+    feasible:
+        Whether every constraint holds; ``violations`` says which do not.
+    """
+
+    latency_ms: float
+    energy_mj: float | None
+    bytes_per_link: Mapping[str, float]
+    throughput_rps: float
+    compute_ms: Mapping[str, float]
+    transfer_ms: Mapping[str, float]
+    feasible: bool = True
+    violations: tuple[str, ...] = field(default=())
+
+    @property
+    def period_ms(self) -> float:
+        return 1000.0 / self.throughput_rps if self.throughput_rps > 0 else float("inf")
+
+    def cost(self, objective: Objective, link_weight: Mapping[str, float]) -> float:
+        """Value of ``objective`` for this prediction, in the objective's units."""
+        total = 0.0
+        for criterion, weight in objective.weights:
+            if weight == 0:
+                continue
+            if criterion == "latency":
+                total += weight * self.latency_ms
+            elif criterion == "energy":
+                total += weight * (self.energy_mj if self.energy_mj is not None else np.nan)
+            elif criterion == "bytes":
+                weighted = sum(link_weight[k] * b for k, b in self.bytes_per_link.items())
+                total += weight * weighted / BYTES_PER_MB
+            else:
+                total += weight * self.period_ms
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "latency_ms": self.latency_ms,
+            "energy_mj": self.energy_mj,
+            "bytes_per_link": dict(self.bytes_per_link),
+            "throughput_rps": self.throughput_rps,
+            "compute_ms": dict(self.compute_ms),
+            "transfer_ms": dict(self.transfer_ms),
+            "feasible": self.feasible,
+            "violations": list(self.violations),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Prediction:
+        energy = data.get("energy_mj")
+        return cls(
+            latency_ms=float(data["latency_ms"]),
+            energy_mj=None if energy is None else float(energy),
+            bytes_per_link={str(k): float(v) for k, v in data["bytes_per_link"].items()},
+            throughput_rps=float(data["throughput_rps"]),
+            compute_ms={str(k): float(v) for k, v in data["compute_ms"].items()},
+            transfer_ms={str(k): float(v) for k, v in data["transfer_ms"].items()},
+            feasible=bool(data.get("feasible", True)),
+            violations=tuple(str(v) for v in data.get("violations", ())),
+        )
+
+
+def link_weights(cost: CostModel) -> dict[str, float]:
+    return dict(zip(cost.link_names, (float(w) for w in cost.link_weight), strict=True))
+
+
+def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
+    """Predict the cost of running node ``i`` on tier ``tiers[i]`` for every node.
+
+    ``tiers`` must send data only upward (producers never above consumers); anything
+    else is not a valid placement and raises ``ValueError``.
+    """
+    tiers = np.asarray(tiers, dtype=np.int64)
+    n_links = cost.n_tiers - 1
+    if np.any(tiers[cost.edge_src] > tiers[cost.edge_dst]):
+        raise ValueError("assignment sends data down the tier order")
+
+    compute = np.bincount(
+        tiers, weights=cost.compute_ms[np.arange(cost.n_nodes), tiers], minlength=cost.n_tiers
+    )
+    # A value crosses every link between its producer and its highest consumer, once.
+    highest_user = tiers.copy()
+    np.maximum.at(highest_user, cost.edge_src, tiers[cost.edge_dst])
+    links = np.arange(n_links)
+    crosses = (tiers[:, None] <= links) & (highest_user[:, None] > links)  # [N, L]
+    up = cost.out_bytes @ crosses
+    returns = tiers[cost.output_nodes, None] > links  # outputs travel back down
+    down = cost.out_bytes[cost.output_nodes] @ returns
+    used = links < tiers.max() if cost.n_nodes else np.zeros(n_links, dtype=bool)
+    up_ms = up * cost.up_ms_per_byte
+    down_ms = down * cost.down_ms_per_byte
+    latency = float(compute.sum() + (used * cost.rtt_ms).sum() + up_ms.sum() + down_ms.sum())
+
+    energy: float | None = None
+    if cost.has_power:
+        assert cost.active_w is not None and cost.idle_w is not None
+        assert cost.transmit_w is not None
+        radio_ms = float(up_ms[0] + down_ms[0]) if n_links else 0.0
+        busy = float(compute[0]) + radio_ms
+        energy = cost.active_w * compute[0] + cost.transmit_w * radio_ms
+        energy += cost.idle_w * (latency - busy)  # W · ms = mJ
+
+    stages = np.concatenate([compute, up_ms, down_ms])
+    period = float(stages.max()) if stages.size else 0.0
+
+    violations = _violations(cost, tiers, latency)
+    return Prediction(
+        latency_ms=latency,
+        energy_mj=None if energy is None else float(energy),
+        bytes_per_link={name: float(up[i] + down[i]) for i, name in enumerate(cost.link_names)},
+        throughput_rps=1000.0 / period if period > 0 else float("inf"),
+        compute_ms={name: float(compute[i]) for i, name in enumerate(cost.tier_names)},
+        transfer_ms={name: float(up_ms[i] + down_ms[i]) for i, name in enumerate(cost.link_names)},
+        feasible=not violations,
+        violations=tuple(violations),
+    )
+
+
+def _violations(cost: CostModel, tiers: IntArray, latency_ms: float) -> list[str]:
+    problems: list[str] = []
+    names = cost.node_names
+    for node in np.flatnonzero(~cost.allowed[np.arange(cost.n_nodes), tiers]):
+        problems.append(f"node {names[node]} may not run on {cost.tier_names[tiers[node]]}")
+    for node in cost.private_nodes:
+        if tiers[node] != 0:
+            problems.append(
+                f"private input: {names[node]} reads the raw input but runs on "
+                f"{cost.tier_names[tiers[node]]}, not {cost.tier_names[0]}"
+            )
+    for tier in range(cost.n_tiers):
+        limit = cost.memory_bytes[tier]
+        if not np.isfinite(limit):
+            continue
+        on_tier = tiers == tier
+        if not on_tier.any():
+            continue
+        need = cost.param_bytes[on_tier].sum() + cost.work_bytes[on_tier].max()
+        if need > limit:
+            problems.append(
+                f"memory: tier {cost.tier_names[tier]} needs {need / 2**20:.1f} MiB "
+                f"(parameters + peak working set), has {limit / 2**20:.1f} MiB"
+            )
+    if cost.slo_ms is not None and latency_ms > cost.slo_ms * (1 + 1e-9):
+        problems.append(f"latency SLO: {latency_ms:.2f} ms > {cost.slo_ms:g} ms")
+    return problems

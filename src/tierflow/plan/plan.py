@@ -1,0 +1,205 @@
+"""`Plan`: which tier runs each layer, what crosses each link, and what it costs.
+
+Plans are frozen, validated data with a versioned JSON form; a plan read from disk
+equals the plan that was written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tierflow.errors import PlanError
+from tierflow.plan.evaluate import Prediction
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Values that cross one link upward, each once."""
+
+    link: str
+    tensors: tuple[str, ...]
+    bytes: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"link": self.link, "tensors": list(self.tensors), "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    name: str
+    description: str
+    prediction: Prediction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"description": self.description, **self.prediction.to_dict()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A placement of every node of a model on a tier, with its predicted cost.
+
+    Attributes
+    ----------
+    model:
+        The model spec the plan is for.
+    objective:
+        The objective it minimises, e.g. ``"latency"`` or ``"latency=1,energy=0.5"``.
+    tiers:
+        Tier names in order, from data source to cloud.
+    assignment:
+        ``{node: tier}`` for every fine-grained graph node (blocks are expanded).
+    cuts:
+        Per link, the values that cross it upward and their bytes.
+    predicted:
+        The plan's predicted cost.
+    baselines:
+        Baselines under the same cost model (``all-<tier>``, ``neurosurgeon``, ``dads``).
+    constraints:
+        The constraints the plan satisfies (private input, pins, SLO, tier memory).
+    solver:
+        How the plan was found (status, solve time, problem size).
+    """
+
+    model: str
+    objective: str
+    tiers: tuple[str, ...]
+    assignment: Mapping[str, str]
+    cuts: tuple[Cut, ...]
+    predicted: Prediction
+    baselines: Mapping[str, BaselineResult]
+    granularity: str = "node"
+    tracer: str = "fx"
+    constraints: Mapping[str, Any] = field(default_factory=dict)
+    solver: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tiers:
+            raise PlanError("plan has no tiers")
+        for node, tier in self.assignment.items():
+            if tier not in self.tiers:
+                raise PlanError(f"plan assigns node {node!r} to unknown tier {tier!r}")
+        links = {f"{a}->{b}" for a, b in zip(self.tiers, self.tiers[1:], strict=False)}
+        for cut in self.cuts:
+            if cut.link not in links:
+                raise PlanError(f"plan cut names unknown link {cut.link!r}")
+
+    def segments(self) -> dict[str, list[str]]:
+        """Nodes per tier, in tier order (tiers without nodes are omitted)."""
+        result: dict[str, list[str]] = {}
+        for tier in self.tiers:
+            nodes = [n for n, t in self.assignment.items() if t == tier]
+            if nodes:
+                result[tier] = nodes
+        return result
+
+    def feasible_baselines(self) -> dict[str, BaselineResult]:
+        return {k: b for k, b in self.baselines.items() if b.prediction.feasible}
+
+    # -- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tierflow_plan_version": PLAN_FORMAT_VERSION,
+            "model": self.model,
+            "objective": self.objective,
+            "tiers": list(self.tiers),
+            "granularity": self.granularity,
+            "tracer": self.tracer,
+            "assignment": dict(self.assignment),
+            "cuts": [cut.to_dict() for cut in self.cuts],
+            "predicted": self.predicted.to_dict(),
+            "baselines": {name: b.to_dict() for name, b in self.baselines.items()},
+            "constraints": dict(self.constraints),
+            "solver": dict(self.solver),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "plan") -> Plan:
+        version = data.get("tierflow_plan_version")
+        if version != PLAN_FORMAT_VERSION:
+            raise PlanError(
+                f"{source}: tierflow_plan_version is {version!r}; this tierflow reads "
+                f"{PLAN_FORMAT_VERSION}"
+            )
+        try:
+            return cls(
+                model=str(data["model"]),
+                objective=str(data["objective"]),
+                tiers=tuple(str(t) for t in data["tiers"]),
+                assignment={str(k): str(v) for k, v in data["assignment"].items()},
+                cuts=tuple(
+                    Cut(str(c["link"]), tuple(str(t) for t in c["tensors"]), float(c["bytes"]))
+                    for c in data["cuts"]
+                ),
+                predicted=Prediction.from_dict(data["predicted"]),
+                baselines={
+                    str(name): BaselineResult(
+                        str(name), str(b.get("description", "")), Prediction.from_dict(b)
+                    )
+                    for name, b in data["baselines"].items()
+                },
+                granularity=str(data.get("granularity", "node")),
+                tracer=str(data.get("tracer", "fx")),
+                constraints=dict(data.get("constraints", {})),
+                solver=dict(data.get("solver", {})),
+            )
+        except KeyError as exc:
+            raise PlanError(f"{source}: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise PlanError(f"{source}: malformed plan: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "plan") -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"{source}: not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PlanError(f"{source}: expected a JSON object")
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        file = Path(path)
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            raise PlanError(f"cannot read plan {file}: {exc.strerror}") from exc
+        return cls.from_json(text, source=str(file))
+
+    # -- display ------------------------------------------------------------------------
+    def __str__(self) -> str:
+        lines = [f"plan for {self.model} · objective {self.objective}"]
+        segments = self.segments()
+        for tier in self.tiers:
+            nodes = segments.get(tier, [])
+            compute = self.predicted.compute_ms.get(tier, 0.0)
+            lines.append(f"  {tier:<14} {len(nodes):>5} nodes  {compute:>10.2f} ms compute")
+        for cut in self.cuts:
+            shown = ", ".join(cut.tensors[:3]) + (" …" if len(cut.tensors) > 3 else "")
+            lines.append(f"  {cut.link:<14} {cut.bytes / 1e3:>10.1f} kB up   [{shown}]")
+        lines.append(_row("plan", self.predicted))
+        for name, baseline in self.baselines.items():
+            lines.append(_row(name, baseline.prediction))
+        return "\n".join(lines)
+
+
+def _row(name: str, p: Prediction) -> str:
+    energy = "-" if p.energy_mj is None else f"{p.energy_mj:.1f} mJ"
+    flag = "" if p.feasible else "  (infeasible)"
+    total_kb = sum(p.bytes_per_link.values()) / 1e3
+    return (
+        f"  {name:<14} {p.latency_ms:>10.2f} ms  {energy:>12}  {total_kb:>10.1f} kB  "
+        f"{p.throughput_rps:>8.1f} rps{flag}"
+    )
