@@ -58,8 +58,14 @@ def topology_from_dict(raw: Mapping[str, Any], *, source: str = "topology") -> T
         return Topology.model_validate(raw)
     except ValidationError as exc:
         problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        errors = exc.errors()
+        locations = [tuple(str(p) for p in error["loc"]) for error in errors]
+        for error, loc in zip(errors, locations, strict=True):
+            # A container error that only repeats a problem already reported for one of
+            # its items (pydantic reports both) would only confuse; keep the precise one.
+            if any(other[: len(loc)] == loc and other != loc for other in locations):
+                continue
+            where = ".".join(loc) or "(top level)"
             message = error["msg"].removeprefix("Value error, ")
             problems.append(f"{where}: {message}")
         raise TopologyError(f"{source}: " + "; ".join(problems)) from None
