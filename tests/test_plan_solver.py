@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plan_instances import brute_force, objectives, random_cost_model
 
 from tierflow.errors import InfeasiblePlanError
 from tierflow.plan.cost_model import _replace
 from tierflow.plan.evaluate import evaluate, link_weights
 from tierflow.plan.milp import solve
 from tierflow.plan.objective import Objective
+
+from plan_instances import brute_force, objectives, random_cost_model
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -18,7 +18,9 @@ from tierflow.profile.profile import Profile
 Shape = Literal["chain", "dag"]
 
 
-def synthetic_graph(n_nodes: int, *, shape: Shape = "dag", seed: int = 0) -> tuple[LayerGraph, Profile]:
+def synthetic_graph(
+    n_nodes: int, *, shape: Shape = "dag", seed: int = 0
+) -> tuple[LayerGraph, Profile]:
     """A graph of ``n_nodes`` nodes (one input) and a host profile for it.
 
     Examples
@@ -57,13 +59,18 @@ def synthetic_graph(n_nodes: int, *, shape: Shape = "dag", seed: int = 0) -> tup
                 members=(name,),
             )
         )
-    graph = LayerGraph(model=f"synthetic-{shape}-{n_nodes}", nodes=tuple(nodes), outputs=(nodes[-1].name,))
+    graph = LayerGraph(
+        model=f"synthetic-{shape}-{n_nodes}", nodes=tuple(nodes), outputs=(nodes[-1].name,)
+    )
     profile = Profile(
         model=graph.model,
         machine="synthetic",
         threads=1,
         runs=1,
-        node_ms={n.name: (0.0 if n.op == "placeholder" else float(node_ms[i])) for i, n in enumerate(nodes)},
+        node_ms={
+            n.name: (0.0 if n.op == "placeholder" else float(node_ms[i]))
+            for i, n in enumerate(nodes)
+        },
         whole_ms=float(node_ms[1:].sum()),
     )
     return graph, profile

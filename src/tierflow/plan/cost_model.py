@@ -171,9 +171,11 @@ def build_cost_model(
     allowed = np.ones((n, t), dtype=bool)
     for name in graph.inputs:
         allowed[index[name], 1:] = False  # the input is born on the first tier
-    for name, tier in (constraints.pins or {}).items():
+    block_of = {member: node.name for node in graph.nodes for member in node.members}
+    for pinned, tier in (constraints.pins or {}).items():
+        name = pinned if pinned in index else block_of.get(pinned, pinned)
         if name not in index:
-            raise PlanError(f"pinned node {name!r} is not in the graph of {graph.model}")
+            raise PlanError(f"pinned node {pinned!r} is not in the graph of {graph.model}")
         if tier not in tiers:
             raise PlanError(f"node {name!r} is pinned to unknown tier {tier!r}")
         allowed[index[name]] &= np.array([x == tier for x in tiers])

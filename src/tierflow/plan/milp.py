@@ -322,13 +322,22 @@ class _Program:
         return Bounds(lower, upper)
 
 
-def solve(cost: CostModel, objective: Objective, *, time_limit_s: float | None = None) -> Solution:
+def solve(
+    cost: CostModel,
+    objective: Objective,
+    *,
+    time_limit_s: float | None = None,
+    lp_first: bool = True,
+) -> Solution:
     """Find the assignment minimising ``objective`` subject to the cost model's constraints.
 
     Raises
     ------
     InfeasiblePlanError
         When no assignment satisfies the constraints.
+
+    ``lp_first=False`` skips the LP relaxation and goes straight to the MILP (only the
+    benchmark uses it, to measure what solving the LP first saves).
     """
     if cost.n_tiers == 1:
         if not cost.allowed[:, 0].all() and cost.n_nodes:
@@ -348,10 +357,13 @@ def solve(cost: CostModel, objective: Objective, *, time_limit_s: float | None =
     # bounds the MILP's from below), and without memory or SLO rows the program is a
     # closure problem whose LP optimum is integral: ~10 ms instead of ~500 ms of MIP
     # presolve on a 500-node graph (docs/benchmarks.md).
-    relaxed = milp(c, bounds=bounds, constraints=constraints, options=_options(time_limit_s, False))
-    if relaxed.status == 2:
-        raise InfeasiblePlanError("no placement satisfies the constraints")
-    if relaxed.x is not None and relaxed.status == 0:
+    if lp_first:
+        relaxed = milp(
+            c, bounds=bounds, constraints=constraints, options=_options(time_limit_s, False)
+        )
+        if relaxed.status == 2:
+            raise InfeasiblePlanError("no placement satisfies the constraints")
+    if lp_first and relaxed.x is not None and relaxed.status == 0:
         z = relaxed.x[program.z0 : program.c0]
         if np.all(np.abs(z - np.round(z)) <= _INTEGRAL_TOLERANCE):
             return _solution(z, cost, program.n_links, "optimal", float(relaxed.fun + const), "lp")

@@ -136,7 +136,7 @@ def plan_cost_model(
             "memory_mib": memory,
         },
         solver={
-            "method": "milp-highs",
+            "method": f"highs-{solution.method}",
             "status": solution.status,
             "solve_ms": round(solve_ms, 3),
             "plan_nodes": cost.n_nodes,

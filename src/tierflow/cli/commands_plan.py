@@ -1,0 +1,173 @@
+"""``tierflow plan``: place a model's layers on a topology, optionally across a sweep."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from tierflow.cli.app import app, console, reports_errors
+from tierflow.cli.commands_model import (
+    GranularityOpt,
+    InputShape,
+    Leaf,
+    ModelArg,
+    Weights,
+    _granularity,
+)
+from tierflow.cli.loading import (
+    LoadedModel,
+    load_model,
+    measure_host_profile,
+    parse_pins,
+    parse_profile_options,
+)
+from tierflow.cli.render import plan_tables
+from tierflow.errors import TopologyError
+from tierflow.measure.plots import plot_sweep
+from tierflow.plan import Plan
+from tierflow.plan import plan as make_plan
+from tierflow.plan.sweep import SweepSpec, sweep, sweep_to_dict
+from tierflow.profile import Profile
+from tierflow.topology import Topology, apply_overrides, topology_from_dict
+from tierflow.topology.load import resolve_profile_paths
+
+
+def read_raw_topology(path: Path, overrides: list[str]) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise TopologyError(f"cannot read topology file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TopologyError(f"{path}: expected a mapping with 'tiers' and 'links'")
+    return apply_overrides(raw, overrides)
+
+
+def planner_for(
+    loaded: LoadedModel,
+    *,
+    host: Profile | None,
+    tier_profiles: dict[str, Profile],
+    objective: str,
+    pins: dict[str, str],
+    private_input: bool,
+    slo_ms: float | None,
+    base_dir: Path,
+) -> Callable[[Topology], Plan]:
+    def run(topology: Topology) -> Plan:
+        return make_plan(
+            loaded.graph,
+            resolve_profile_paths(topology, base_dir),
+            profile=host,
+            tier_profiles=tier_profiles,
+            objective=objective,
+            pins=pins,
+            private_input=private_input,
+            slo_ms=slo_ms,
+        )
+
+    return run
+
+
+@app.command()
+@reports_errors
+def plan(
+    model: ModelArg,
+    topology: Annotated[Path, typer.Option(help="Topology YAML file")],
+    objective: Annotated[
+        str,
+        typer.Option(help="latency | energy | bytes | throughput | mix like latency=1,energy=0.5"),
+    ] = "latency",
+    profile: Annotated[
+        list[str],
+        typer.Option("--profile", help="Host profile FILE, or TIER=FILE measured on a tier"),
+    ] = [],  # noqa: B006
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="Override a topology field, e.g. links.0.bandwidth_mbps=5"),
+    ] = [],  # noqa: B006
+    pin: Annotated[list[str], typer.Option("--pin", help="NODE=TIER: run NODE on TIER")] = [],  # noqa: B006
+    private_input: Annotated[
+        bool, typer.Option("--private-input", help="The raw input never leaves the first tier")
+    ] = False,
+    slo_ms: Annotated[float | None, typer.Option(help="End-to-end latency bound (ms)")] = None,
+    sweep_spec: Annotated[
+        str | None,
+        typer.Option("--sweep", help='Plan across values: "links.1.bandwidth_mbps=0.5,1,2,5"'),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="With --sweep: write the latency-vs-parameter figure here")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the plan (or sweep) as JSON")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the plan JSON here")] = None,
+    runs: Annotated[
+        int, typer.Option(min=1, help="Profiling runs when no --profile is given")
+    ] = 10,
+    input_shape: InputShape = None,
+    weights: Weights = None,
+    granularity: GranularityOpt = "node",
+    leaf: Leaf = [],  # noqa: B006
+) -> None:
+    """Find the optimal placement of MODEL's layers on the tiers of a topology."""
+    raw = read_raw_topology(topology, set_)
+    the_topology = topology_from_dict(raw, source=str(topology))
+    loaded = load_model(
+        model,
+        input_shape=input_shape,
+        weights=weights,
+        granularity=_granularity(granularity),
+        leaf=leaf,
+    )
+    host, tier_profiles = parse_profile_options(profile)
+    needs_host = any(
+        t.compute.speed is not None and t.name not in tier_profiles for t in the_topology.tiers
+    )
+    if host is None and needs_host:
+        host = measure_host_profile(
+            loaded, runs=runs, warmup=2, threads=None, progress=not json_out
+        )
+    run = planner_for(
+        loaded,
+        host=host,
+        tier_profiles=tier_profiles,
+        objective=objective,
+        pins=parse_pins(pin),
+        private_input=private_input,
+        slo_ms=slo_ms,
+        base_dir=topology.parent,
+    )
+    if sweep_spec is not None:
+        spec = SweepSpec.parse(sweep_spec)
+        points = sweep(raw, spec, run)
+        if plot is not None:
+            plot_sweep(spec, points, plot)
+        if json_out:
+            print(json.dumps(sweep_to_dict(spec, points), indent=2))
+            return
+        for point in points:
+            console.rule(f"{spec.path} = {point.value:g}")
+            for table in plan_tables(point.plan):
+                console.print(table)
+        if plot is not None:
+            console.print(f"sweep figure written to {plot}")
+        return
+    if plot is not None:
+        raise typer.BadParameter("--plot needs --sweep", param_hint="--plot")
+    result = run(the_topology)
+    if out is not None:
+        result.save(out)
+    if json_out:
+        print(result.to_json())
+        return
+    for table in plan_tables(result):
+        console.print(table)
+    if out is not None:
+        console.print(f"plan written to {out}")
