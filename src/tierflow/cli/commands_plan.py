@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from tierflow.cli.app import app, console, reports_errors
 from tierflow.cli.commands_model import (
@@ -27,6 +26,7 @@ from tierflow.cli.loading import (
     parse_profile_options,
 )
 from tierflow.cli.render import plan_tables
+from tierflow.documents import read_yaml_mapping
 from tierflow.errors import TopologyError
 from tierflow.measure.plots import plot_sweep
 from tierflow.plan import Plan
@@ -38,14 +38,7 @@ from tierflow.topology.load import resolve_profile_paths
 
 
 def read_raw_topology(path: Path, overrides: list[str]) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise TopologyError(f"cannot read topology file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise TopologyError(f"{path}: expected a mapping with 'tiers' and 'links'")
+    raw = read_yaml_mapping(path, what="topology file", error=TopologyError)
     return apply_overrides(raw, overrides)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tierflow.documents import parse_json_object, read_json_object
 from tierflow.errors import PlanError
 from tierflow.plan.evaluate import Prediction
 
@@ -161,22 +162,12 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "plan") -> Plan:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PlanError(f"{source}: not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise PlanError(f"{source}: expected a JSON object")
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(parse_json_object(text, source=source, error=PlanError), source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        file = Path(path)
-        try:
-            text = file.read_text()
-        except OSError as exc:
-            raise PlanError(f"cannot read plan {file}: {exc.strerror}") from exc
-        return cls.from_json(text, source=str(file))
+        data = read_json_object(path, what="plan", error=PlanError)
+        return cls.from_dict(data, source=str(path))
 
     # -- display ------------------------------------------------------------------------
     def __str__(self) -> str:

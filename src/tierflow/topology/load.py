@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tierflow.documents import read_yaml_mapping
 from tierflow.errors import TopologyError
 from tierflow.topology.schema import Topology
 
@@ -37,16 +38,7 @@ def load_topology(
     ('camera', 'gateway', 'datacenter')
     """
     file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise TopologyError(f"cannot read topology file {file}: {exc.strerror}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{file}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise TopologyError(f"{file}: expected a mapping with 'tiers' and 'links'")
+    raw = read_yaml_mapping(file, what="topology file", error=TopologyError)
     raw = apply_overrides(raw, overrides)
     topology = topology_from_dict(raw, source=str(file))
     return resolve_profile_paths(topology, base_dir or file.parent)
