@@ -6,9 +6,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tierflow.documents import read_json_object
 from tierflow.errors import ProfileError
+
+if TYPE_CHECKING:
+    from tierflow.graph.layer_graph import LayerGraph
 
 PROFILE_FORMAT_VERSION = 1
 
@@ -50,6 +54,37 @@ class Profile:
     def sum_over_whole(self) -> float:
         """How well per-node times add up to the whole model; ideally 1.0."""
         return self.sum_ms / self.whole_ms if self.whole_ms > 0 else float("nan")
+
+    def check_matches(self, graph: LayerGraph, *, source: str | None = None) -> None:
+        """Raise unless this profile was measured for ``graph``'s model and covers its nodes.
+
+        Parameters
+        ----------
+        graph:
+            The graph the profile is about to be used with; for a block graph every
+            member of every block must be present.
+        source:
+            How to name the profile in errors (its file); defaults to its machine.
+
+        Raises
+        ------
+        ProfileError
+            Naming the profile and the first missing node.
+        """
+        where = source or f"profile from machine {self.machine!r}"
+        if self.model != graph.model:
+            raise ProfileError(
+                f"{where} was measured for model {self.model!r}, not {graph.model!r}"
+            )
+        missing = [
+            m for node in graph for m in (node.members or (node.name,)) if m not in self.node_ms
+        ]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ProfileError(
+                f"{where} has no latency for node {missing[0]!r}{more} of {graph.model}; "
+                "re-profile the model with this tierflow version"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,13 +132,5 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
-        file = Path(path)
-        try:
-            data = json.loads(file.read_text())
-        except OSError as exc:
-            raise ProfileError(f"cannot read profile {file}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise ProfileError(f"{file}: not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ProfileError(f"{file}: expected a JSON object")
-        return cls.from_dict(data, source=str(file))
+        data = read_json_object(path, what="profile", error=ProfileError)
+        return cls.from_dict(data, source=str(path))
