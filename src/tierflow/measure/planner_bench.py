@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 
+from tierflow.graph.layer_graph import LayerGraph
 from tierflow.measure.synthetic import Shape, synthetic_graph
 from tierflow.plan import milp
 from tierflow.plan.cost_model import build_cost_model
@@ -32,7 +33,7 @@ BENCH_TOPOLOGY: dict[str, object] = {
 
 @dataclass(frozen=True)
 class SolveTiming:
-    shape: Shape
+    shape: str  # chain, dag, or dag+memory (tier memory limits make it a true MILP)
     nodes: int
     plan_ms: float  # whole plan(): cost model, solve, baselines
     solve_ms: float  # the optimal placement alone
@@ -61,17 +62,21 @@ def time_planner(
     topology = topology or topology_from_dict(BENCH_TOPOLOGY)
     objective = Objective.parse("latency")
     results = []
-    for shape in shapes:
+    cases: list[tuple[str, Shape, bool]] = [(s, s, False) for s in shapes] + [
+        ("dag+memory", "dag", True)
+    ]
+    for label, shape, limited in cases:
         for size in sizes:
             graph, profile = synthetic_graph(size, shape=shape, seed=size)
-            result = plan(graph, topology, profile=profile)  # warm-up, and the method used
-            plan_ms = _median_ms(partial(plan, graph, topology, profile=profile), repeats)
-            cost = build_cost_model(graph, topology, tier_latency_ms(graph, topology, host=profile))
+            topo = _memory_limited(topology, graph) if limited else topology
+            result = plan(graph, topo, profile=profile)  # warm-up, and the method used
+            plan_ms = _median_ms(partial(plan, graph, topo, profile=profile), repeats)
+            cost = build_cost_model(graph, topo, tier_latency_ms(graph, topo, host=profile))
             solve_ms = _median_ms(partial(milp.solve, cost, objective), repeats)
             mip_ms = _median_ms(partial(milp.solve, cost, objective, lp_first=False), repeats)
             results.append(
                 SolveTiming(
-                    shape=shape,
+                    shape=label,
                     nodes=size,
                     plan_ms=round(plan_ms, 2),
                     solve_ms=round(solve_ms, 2),
@@ -81,6 +86,15 @@ def time_planner(
                 )
             )
     return results
+
+
+def _memory_limited(topology: Topology, graph: LayerGraph) -> Topology:
+    """The topology with the first two tiers holding 30% and 60% of the parameters."""
+    params_mb = graph.total_param_bytes / 2**20
+    tiers = list(topology.tiers)
+    for index, share in ((0, 0.3), (1, 0.6)):
+        tiers[index] = tiers[index].model_copy(update={"memory_mb": params_mb * share})
+    return topology.model_copy(update={"tiers": tuple(tiers)})
 
 
 def timings_to_dicts(timings: Sequence[SolveTiming]) -> list[dict[str, object]]:
