@@ -1,0 +1,27 @@
+"""The public API is what `tierflow.__all__` says, and every name in it exists."""
+
+from __future__ import annotations
+
+import tierflow
+
+EXPECTED = {
+    "CaptureError", "Cut", "InfeasiblePlanError", "LayerGraph", "LayerNode", "Link",
+    "ModelSpecError", "Objective", "PartitionError", "Plan", "PlanError", "Prediction",
+    "Profile", "ProfileError", "Segment", "SplitModel", "TensorSpec", "Tier",
+    "TierflowError", "Topology", "TopologyError", "__version__", "capture",
+    "load_topology", "plan", "profile_model", "resolve_model", "run_split", "split", "trace",
+}  # fmt: skip
+
+
+def test_public_names_are_pinned():
+    assert set(tierflow.__all__) == EXPECTED
+
+
+def test_every_public_name_resolves():
+    for name in tierflow.__all__:
+        assert getattr(tierflow, name) is not None, name
+
+
+def test_every_error_derives_from_tierflow_error():
+    errors = [getattr(tierflow, n) for n in tierflow.__all__ if n.endswith("Error")]
+    assert all(issubclass(e, tierflow.TierflowError) for e in errors)
