@@ -16,6 +16,7 @@ from tierflow.cli.render import plan_tables
 from tierflow.errors import TopologyError
 from tierflow.measure.planner_bench import time_planner, timings_to_dicts
 from tierflow.measure.plots import plot_sweep
+from tierflow.plan import Plan
 from tierflow.plan.sweep import SweepSpec, sweep
 from tierflow.topology import topology_from_dict
 
@@ -123,21 +124,31 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "plan.json")
     figure = plot_sweep(spec, points, out / "sweep.png")
-    summary = Table(title=f"predicted latency (ms) across {spec.path}")
-    summary.add_column(spec.path, justify="right")
-    summary.add_column("plan", justify="right")
-    for name in result.baselines:
-        summary.add_column(name, justify="right")
-    summary.add_column("best baseline / plan", justify="right")
+    summary = Table(title=f"predicted latency across {spec.path}")
+    for column in (spec.path, "plan ms", "best feasible baseline", "baseline / plan", "cuts"):
+        summary.add_column(
+            column, justify="left" if column in {"cuts", "best feasible baseline"} else "right"
+        )
     for point in points:
-        feasible = [
-            b.prediction.latency_ms for b in point.plan.baselines.values() if b.prediction.feasible
-        ]
+        feasible = point.plan.feasible_baselines()
+        name, best = min(feasible.items(), key=lambda item: item[1].prediction.latency_ms)
+        best_ms = best.prediction.latency_ms
         summary.add_row(
             f"{point.value:g}",
             f"{point.plan.predicted.latency_ms:.1f}",
-            *(f"{b.prediction.latency_ms:.1f}" for b in point.plan.baselines.values()),
-            f"{min(feasible) / point.plan.predicted.latency_ms:.2f}×",
+            f"{name} {best_ms:.1f} ms",
+            f"{best_ms / point.plan.predicted.latency_ms:.2f}×",
+            _describe_cuts(point.plan),
         )
     console.print(summary)
     console.print(f"plan: {out / 'plan.json'}   sweep figure: {figure}")
+
+
+def _describe_cuts(plan: Plan) -> str:
+    if not plan.cuts:
+        return f"none: all on {plan.tiers[0]}"
+    parts = []
+    for cut in plan.cuts:
+        shown = ",".join(cut.tensors[:2]) + ("…" if len(cut.tensors) > 2 else "")
+        parts.append(f"{cut.link}: {shown} ({cut.bytes / 1e3:.0f} kB)")
+    return "; ".join(parts)
