@@ -95,9 +95,15 @@ def describe(traced: Traced, example_inputs: Sequence[Any], *, name: str = "mode
         except Exception as exc:
             node = recorder.current
             where = f"node {node.name!r} ({_target_name(node)})" if node else "the graph"
+            # fx appends the generated code and a tlparse hint below the first line; the
+            # first line is the error itself.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            shapes = ", ".join(
+                "×".join(str(d) for d in x.shape) for x in example_inputs if hasattr(x, "shape")
+            )
             raise CaptureError(
-                f"running the traced {name} on the example inputs failed at {where}: "
-                f"{type(exc).__name__}: {exc}; check the input shapes and dtypes"
+                f"running the traced {name} on the example inputs ({shapes}) failed at "
+                f"{where}: {type(exc).__name__}: {reason}; check the input shapes and dtypes"
             ) from exc
     nodes = [
         recorder.layer_nodes[n.name]
