@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 # Importing the command modules registers their commands on the app, as main() does.
 import tierflow.cli.commands_bench
+import tierflow.cli.commands_build
 import tierflow.cli.commands_model
 import tierflow.cli.commands_plan  # noqa: F401
 from tierflow.cli.app import app

@@ -11,6 +11,10 @@ tierflow's source.
 ``ProfileError``       a profile file is missing, malformed or does not match the model
 ``PlanError``          no plan satisfies the constraints, or a plan is malformed
 ``PartitionError``     a plan cannot be applied to a model
+``WireError``          a wire message is malformed (tensor size, datatype, shape)
+``ServiceError``       a tier service refuses or fails a request; carries a gRPC status
+``ArtifactError``      a segment cannot be built, or an artifact is missing, tampered or malformed
+``TestbedError``       the local testbed cannot emulate a link or tier as asked
 =====================  ==============================================================
 """
 
@@ -47,3 +51,29 @@ class InfeasiblePlanError(PlanError):
 
 class PartitionError(TierflowError):
     """A plan cannot be applied to the given model."""
+
+
+class ArtifactError(TierflowError):
+    """A segment cannot be exported, or a built artifact (manifest, file) is invalid."""
+
+
+class TestbedError(TierflowError):
+    """The local testbed cannot emulate a link or a tier as asked (bad parameter, port)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class WireError(TierflowError):
+    """A wire message is malformed: a tensor's bytes, datatype or shape do not agree."""
+
+
+class ServiceError(TierflowError):
+    """A tier service refused or failed a request.
+
+    ``status`` is the name of the gRPC status code it maps to (``"INVALID_ARGUMENT"``,
+    ``"NOT_FOUND"``, ``"UNAVAILABLE"``, ...); the message names the tensor or tier at fault.
+    """
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -43,6 +43,11 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 def main() -> None:
     # Registering commands on import keeps each command module independent of the others.
-    from tierflow.cli import commands_bench, commands_model, commands_plan  # noqa: F401
+    from tierflow.cli import (  # noqa: F401
+        commands_bench,
+        commands_build,
+        commands_model,
+        commands_plan,
+    )
 
     app()

@@ -1,0 +1,219 @@
+"""Executors for built segments (ONNX Runtime, PyTorch) and running them in a chain.
+
+Both check their files' sha256 against the manifest before reading them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from tierflow.artifacts.manifest import Manifest, SegmentEntry, ValueEntry, verify_file
+from tierflow.errors import ArtifactError
+from tierflow.models import resolve_model
+from tierflow.partition import Segment
+from tierflow.partition.from_plan import split
+from tierflow.runtime.executor import Executor, IOSpec
+
+Arrays = dict[str, NDArray[np.generic]]
+
+
+def _check_inputs(entry: SegmentEntry, inputs: Mapping[str, NDArray[np.generic]]) -> None:
+    for value in entry.inputs:
+        if value.name not in inputs:
+            raise ArtifactError(f"segment for tier {entry.tier!r} needs input {value.name!r}")
+        array = np.asarray(inputs[value.name])
+        if not value.spec.accepts(array):
+            raise ArtifactError(
+                f"segment for tier {entry.tier!r}: input {value.name!r} is {array.dtype} "
+                f"{tuple(array.shape)}, expected {value.dtype} {value.shape} (-1: any size)"
+            )
+
+
+class _SegmentIO:
+    """Tier and tensor specs of a built segment, read from its manifest entry."""
+
+    _entry: SegmentEntry
+
+    @property
+    def tier(self) -> str:
+        return self._entry.tier
+
+    @property
+    def inputs(self) -> tuple[IOSpec, ...]:
+        return tuple(v.spec for v in self._entry.inputs)
+
+    @property
+    def outputs(self) -> tuple[IOSpec, ...]:
+        return tuple(v.spec for v in self._entry.outputs)
+
+
+class OnnxExecutor(_SegmentIO):
+    """Runs an ONNX segment with ONNX Runtime on the CPU; takes and returns numpy arrays.
+
+    Parameters
+    ----------
+    root:
+        The artifact directory.
+    entry:
+        The segment's manifest entry; its file's sha256 is checked before loading.
+    intra_op_threads:
+        ONNX Runtime's intra-op thread count; ``None`` lets it choose.
+    """
+
+    def __init__(
+        self, root: Path, entry: SegmentEntry, *, intra_op_threads: int | None = None
+    ) -> None:
+        # Imported by name: onnxruntime ships no type information.
+        ort: Any = importlib.import_module("onnxruntime")
+
+        if entry.executor != "onnx" or len(entry.files) != 1:
+            raise ArtifactError(f"segment for tier {entry.tier!r} is not one ONNX file")
+        path = verify_file(root, entry.files[0])
+        options = ort.SessionOptions()
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = intra_op_threads
+        self._entry = entry
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        # Inputs the exporter folded away (unused by the graph) are not fed.
+        self._feeds = tuple(i.name for i in self._session.get_inputs())
+
+    def run(self, inputs: Mapping[str, NDArray[np.generic]]) -> Arrays:
+        _check_inputs(self._entry, inputs)
+        feeds = {name: np.asarray(inputs[name]) for name in self._feeds}
+        results = self._session.run(None, feeds)
+        # Outputs by position: a value passed through is renamed NAME:out in the file.
+        return {
+            value.name: np.asarray(result)
+            for value, result in zip(self._entry.outputs, results, strict=True)
+        }
+
+
+class TorchExecutor(_SegmentIO):
+    """Runs a segment rebuilt in PyTorch: the model re-resolved from its spec, re-split with
+    the stored plan, and the segment's own weights loaded from its safetensors file."""
+
+    def __init__(self, entry: SegmentEntry, segment: Segment) -> None:
+        self._entry = entry
+        self._segment = segment.eval()
+
+    def run(self, inputs: Mapping[str, NDArray[np.generic]]) -> Arrays:
+        _check_inputs(self._entry, inputs)
+        args = [_from_array(v, np.asarray(inputs[v.name])) for v in self._entry.inputs]
+        with torch.no_grad():
+            results = self._segment(*args)
+        arrays: Arrays = {}
+        for value, result in zip(self._entry.outputs, results, strict=True):
+            if isinstance(result, torch.Tensor):
+                arrays[value.name] = result.detach().cpu().numpy()
+            else:
+                arrays[value.name] = np.asarray(result, dtype=np.int64)
+        return arrays
+
+
+def _from_array(value: ValueEntry, array: NDArray[np.generic]) -> Any:
+    if value.kind == "int":
+        return int(array)
+    if value.kind == "ints":
+        return torch.Size(int(v) for v in array.tolist())
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def load_executors(
+    manifest: Manifest, tier: str | None = None, *, intra_op_threads: int | None = None
+) -> list[Executor]:
+    """Executors for ``tier``'s segments (every segment when ``None``), in tier order.
+
+    Every file is checked against the manifest's sha256 before it is read.
+
+    Raises
+    ------
+    ArtifactError
+        If a file is missing or its digest differs (naming the file and both digests),
+        or the model spec no longer splits into the segments that were built.
+
+    Examples
+    --------
+    >>> executors = load_executors(load_manifest("build/"))  # doctest: +SKIP
+    >>> run_chain(executors, {"x": x})  # doctest: +SKIP
+    """
+    entries = [e for e in manifest.segments if tier is None or e.tier == tier]
+    if tier is not None and not entries:
+        manifest.segment(tier)  # raises, naming the tiers there are
+    for entry in entries:
+        for file in entry.files:
+            verify_file(manifest.root, file)
+    segments: dict[str, Segment] = {}
+    if any(e.executor == "torch" for e in entries):
+        segments = _rebuild_segments(manifest)
+    executors: list[Executor] = []
+    for entry in entries:
+        if entry.executor == "onnx":
+            executors.append(OnnxExecutor(manifest.root, entry, intra_op_threads=intra_op_threads))
+        else:
+            executors.append(TorchExecutor(entry, _load_weights(manifest, entry, segments)))
+    return executors
+
+
+def _rebuild_segments(manifest: Manifest) -> dict[str, Segment]:
+    plan = manifest.load_plan()
+    shape = manifest.input_shapes[0] if manifest.input_shapes else None
+    model, inputs = resolve_model(manifest.model, input_shape=shape)
+    return {segment.tier: segment for segment in split(model, plan, inputs)}
+
+
+def _load_weights(
+    manifest: Manifest, entry: SegmentEntry, segments: Mapping[str, Segment]
+) -> Segment:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    segment = segments.get(entry.tier)
+    names = (tuple(v.name for v in entry.inputs), tuple(v.name for v in entry.outputs))
+    if segment is None or (segment.input_names, segment.output_names) != names:
+        raise ArtifactError(
+            f"model {manifest.model!r} re-split with {manifest.plan_file.path} does not give "
+            f"the segment built for tier {entry.tier!r}; was the model code changed?"
+        )
+    path = verify_file(manifest.root, entry.files[0])
+    try:
+        state = load_file(str(path))
+        segment.graph_module.load_state_dict(state, strict=True)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ArtifactError(f"weights file {path} does not fit tier {entry.tier!r}: {exc}") from exc
+    return segment
+
+
+def run_chain(executors: Sequence[Executor], inputs: Mapping[str, NDArray[np.generic]]) -> Arrays:
+    """Run executors in tier order, passing values by name; return the chain's outputs.
+
+    The outputs are the values no later executor consumes (for a whole built plan, the
+    model's outputs), as :meth:`tierflow.SplitModel.from_segments` defines them.
+
+    Raises
+    ------
+    ArtifactError
+        If an executor needs a value that neither ``inputs`` nor an earlier one provides.
+    """
+    env: dict[str, NDArray[np.generic]] = dict(inputs)
+    produced: list[str] = []
+    for position, executor in enumerate(executors):
+        missing = [s.name for s in executor.inputs if s.name not in env]
+        if missing:
+            raise ArtifactError(
+                f"executor {position} needs {missing[0]!r}, which no input or earlier "
+                "executor provides (executors out of order?)"
+            )
+        results = executor.run({s.name: env[s.name] for s in executor.inputs})
+        env.update(results)
+        later = {s.name for e in executors[position + 1 :] for s in e.inputs}
+        produced += [name for name in results if name not in later]
+    return {name: env[name] for name in produced}

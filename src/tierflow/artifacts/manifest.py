@@ -1,0 +1,245 @@
+"""The artifact manifest: what a built plan contains, and the digest of every file.
+
+``manifest.json`` sits at the root of an artifact directory. It names the model spec and
+the plan it was built from (``plan.json``, stored beside it), and for every segment its
+tier, the executor that runs it, its files with their sha256, and the names, shapes and
+dtypes of the values it takes and returns. Every file is checked against its digest
+before anything reads it (:func:`verify_file`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tierflow.documents import read_json_object
+from tierflow.errors import ArtifactError
+from tierflow.plan.plan import Plan
+from tierflow.runtime.executor import IOSpec
+
+MANIFEST_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+PLAN_NAME = "plan.json"
+
+ExecutorKind = Literal["onnx", "torch"]
+# What a crossing value is in PyTorch: a tensor, a Python int (``x.size(0)``) or a tuple of
+# ints (``x.shape``). On the wire and in ONNX all three are arrays; the int kinds are int64
+# arrays of shape () and (n,), turned back into ints by the PyTorch executor.
+ValueKind = Literal["tensor", "int", "ints"]
+_VALUE_KINDS: tuple[ValueKind, ...] = ("tensor", "int", "ints")
+_EXECUTOR_KINDS: tuple[ExecutorKind, ...] = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class ValueEntry:
+    """A named value a segment takes or returns; ``shape`` has ``-1`` where dynamic."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: ValueKind = "tensor"
+
+    @property
+    def spec(self) -> IOSpec:
+        return IOSpec(self.name, self.shape, self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "kind": self.kind,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ValueEntry:
+        kind = str(data.get("kind", "tensor"))
+        if kind not in _VALUE_KINDS:
+            raise ArtifactError(f"value {data.get('name')!r} has unknown kind {kind!r}")
+        return cls(
+            name=str(data["name"]),
+            shape=tuple(int(d) for d in data["shape"]),
+            dtype=str(data["dtype"]),
+            kind=kind,
+        )
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the artifact, relative to the manifest's directory, and its sha256."""
+
+    path: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """One built segment: the tier that runs it, how, from which files, on which values."""
+
+    tier: str
+    executor: ExecutorKind
+    files: tuple[FileEntry, ...]
+    inputs: tuple[ValueEntry, ...]
+    outputs: tuple[ValueEntry, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "executor": self.executor,
+            "files": [f.to_dict() for f in self.files],
+            "inputs": [v.to_dict() for v in self.inputs],
+            "outputs": [v.to_dict() for v in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentEntry:
+        executor = str(data["executor"])
+        if executor not in _EXECUTOR_KINDS:
+            raise ArtifactError(f"segment {data.get('tier')!r} has unknown executor {executor!r}")
+        return cls(
+            tier=str(data["tier"]),
+            executor=executor,
+            files=tuple(FileEntry(str(f["path"]), str(f["sha256"])) for f in data["files"]),
+            inputs=tuple(ValueEntry.from_dict(v) for v in data["inputs"]),
+            outputs=tuple(ValueEntry.from_dict(v) for v in data["outputs"]),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A built plan: per-tier segments and the files that hold them.
+
+    Attributes
+    ----------
+    model:
+        The model spec (the plan's ``model``).
+    plan_sha256:
+        sha256 of the plan's canonical JSON (:func:`plan_digest`).
+    plan_file:
+        The stored plan, ``plan.json``, with its file digest.
+    input_shapes:
+        Shapes of the example inputs the artifact was built with; the PyTorch executor
+        re-resolves the model with the first one.
+    segments:
+        In tier order, lowest first.
+    root:
+        The directory the manifest was read from or written to (not serialised).
+    """
+
+    model: str
+    plan_sha256: str
+    plan_file: FileEntry
+    input_shapes: tuple[tuple[int, ...], ...]
+    segments: tuple[SegmentEntry, ...]
+    root: Path = Path()
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        return tuple(s.tier for s in self.segments)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tierflow_manifest_version": MANIFEST_FORMAT_VERSION,
+            "model": self.model,
+            "plan_sha256": self.plan_sha256,
+            "plan_file": self.plan_file.to_dict(),
+            "input_shapes": [list(s) for s in self.input_shapes],
+            "segments": [s.to_dict() for s in self.segments],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, root: Path, source: str) -> Manifest:
+        version = data.get("tierflow_manifest_version")
+        if version != MANIFEST_FORMAT_VERSION:
+            raise ArtifactError(
+                f"{source}: tierflow_manifest_version is {version!r}; this tierflow reads "
+                f"{MANIFEST_FORMAT_VERSION}"
+            )
+        try:
+            plan_file = data["plan_file"]
+            return cls(
+                model=str(data["model"]),
+                plan_sha256=str(data["plan_sha256"]),
+                plan_file=FileEntry(str(plan_file["path"]), str(plan_file["sha256"])),
+                input_shapes=tuple(tuple(int(d) for d in s) for s in data["input_shapes"]),
+                segments=tuple(SegmentEntry.from_dict(s) for s in data["segments"]),
+                root=root,
+            )
+        except KeyError as exc:
+            raise ArtifactError(f"{source}: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"{source}: malformed manifest: {exc}") from None
+
+    def segment(self, tier: str) -> SegmentEntry:
+        for entry in self.segments:
+            if entry.tier == tier:
+                return entry
+        raise ArtifactError(
+            f"artifact {self.root} has no segment for tier {tier!r} "
+            f"(it has {', '.join(self.tiers) or 'none'})"
+        )
+
+    def load_plan(self) -> Plan:
+        """The stored plan, after checking its file digest and its canonical digest."""
+        path = verify_file(self.root, self.plan_file)
+        plan = Plan.load(path)
+        if plan_digest(plan) != self.plan_sha256:
+            raise ArtifactError(
+                f"{path}: plan digest {plan_digest(plan)} differs from the manifest's "
+                f"plan_sha256 {self.plan_sha256}"
+            )
+        return plan
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read ``manifest.json`` from an artifact directory (or the file itself).
+
+    Examples
+    --------
+    >>> manifest = load_manifest("build/")  # doctest: +SKIP
+    >>> [(s.tier, s.executor) for s in manifest.segments]  # doctest: +SKIP
+    [('phone', 'onnx'), ('cloud', 'onnx')]
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / MANIFEST_NAME
+    data = read_json_object(file, what="artifact manifest", error=ArtifactError)
+    return Manifest.from_dict(data, root=file.parent, source=str(file))
+
+
+def plan_digest(plan: Plan) -> str:
+    """sha256 of the plan's canonical JSON (sorted keys, no whitespace)."""
+    canonical = json.dumps(plan.to_dict(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(root: Path, entry: FileEntry) -> Path:
+    """The path of ``entry`` under ``root``, once its sha256 matches the manifest's."""
+    path = root / entry.path
+    if not path.is_file():
+        raise ArtifactError(f"artifact file {path} is missing")
+    actual = file_digest(path)
+    if actual != entry.sha256:
+        raise ArtifactError(
+            f"artifact file {path} has sha256 {actual} but the manifest says {entry.sha256}; "
+            "it was modified or corrupted after the build"
+        )
+    return path

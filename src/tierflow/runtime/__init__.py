@@ -1,0 +1,1 @@
+"""Tier services: executors, the Open Inference Protocol server and client, the testbed."""

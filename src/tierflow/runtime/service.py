@@ -1,0 +1,217 @@
+"""A tier's inference logic, independent of how requests arrive.
+
+:class:`TierService` runs the tier's executors on a request's tensors, forwards what the
+:class:`~tierflow.runtime.route.Route` says to the upstream tier through a
+:class:`~tierflow.runtime.transport.Transport`, and answers with the final outputs and a
+trace. :mod:`tierflow.runtime.server` puts it on a gRPC socket; an
+:class:`~tierflow.runtime.transport.InMemoryTransport` calls it directly.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from tierflow.errors import ServiceError, WireError
+from tierflow.runtime import serde
+from tierflow.runtime._proto import grpc_predict_v2_pb2 as pb
+from tierflow.runtime.executor import Executor, IOSpec
+from tierflow.runtime.route import Route
+from tierflow.runtime.trace import TRACE_PARAMETER, LinkHop, TierHop, Trace
+from tierflow.runtime.transport import Transport
+
+PLATFORM = "tierflow"
+# Time kept back from the caller's deadline for answering it after the upstream replies.
+_DEADLINE_MARGIN_S = 0.005
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+def _describe(spec: IOSpec) -> str:
+    return f"{spec.dtype} {list(spec.shape)}"
+
+
+class TierService:
+    """One tier of a split model: its executors, run in order, and its route onward.
+
+    Parameters
+    ----------
+    model:
+        The model id served (the OIP ``model_name`` callers must use).
+    executors:
+        Run in sequence; each takes its inputs from the request's tensors and the outputs
+        of the executors before it. May be empty for a pure relay.
+    route:
+        What to forward upstream and which tensors are the final outputs.
+    transport:
+        How to reach the upstream tier; required when the route has one.
+
+    Examples
+    --------
+    >>> service = TierService("m", [executor], route=Route("cloud"))  # doctest: +SKIP
+    >>> response = service.infer(serde.request_from_tensors("m", {"x": x}))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str,
+        executors: Sequence[Executor],
+        *,
+        route: Route,
+        transport: Transport | None = None,
+    ) -> None:
+        if route.upstream is not None and transport is None:
+            raise ValueError(f"tier {route.tier!r} has an upstream but no transport")
+        self.model = model
+        self.route = route
+        self.executors = tuple(executors)
+        self.transport = transport
+        # Executors need not be thread-safe (ONNX Runtime sessions are, PyTorch modules
+        # with state may not be): one request computes at a time, the wait is `queue_ms`.
+        self._compute_lock = threading.Lock()
+
+    @property
+    def tier(self) -> str:
+        return self.route.tier
+
+    @property
+    def inputs(self) -> tuple[IOSpec, ...]:
+        """Tensors a caller must send: the executors' inputs not produced by an earlier one."""
+        produced: set[str] = set()
+        needed: list[IOSpec] = []
+        for executor in self.executors:
+            needed += [s for s in executor.inputs if s.name not in produced and s not in needed]
+            produced |= {spec.name for spec in executor.outputs}
+        return tuple(needed)
+
+    @property
+    def outputs(self) -> tuple[IOSpec, ...]:
+        specs = [spec for executor in self.executors for spec in executor.outputs]
+        if self.route.outputs:
+            return tuple(spec for spec in specs if spec.name in self.route.outputs)
+        return self.executors[-1].outputs if self.executors else ()
+
+    def metadata(self) -> pb.ModelMetadataResponse:
+        return serde.metadata_from_specs(self.model, self.inputs, self.outputs, platform=PLATFORM)
+
+    def check_model(self, name: str) -> None:
+        if name != self.model:
+            raise ServiceError(
+                "NOT_FOUND", f"tier {self.tier!r} serves model {self.model!r}, not {name!r}"
+            )
+
+    def infer(
+        self, request: pb.ModelInferRequest, *, timeout_s: float | None = None
+    ) -> pb.ModelInferResponse:
+        """Answer one ModelInfer request; raises ServiceError with a gRPC status name."""
+        started = time.perf_counter()
+        deadline = None if timeout_s is None else started + timeout_s
+        self.check_model(request.model_name)
+        try:
+            pool = serde.tensors_from_request(request)
+        except WireError as error:
+            raise ServiceError("INVALID_ARGUMENT", f"tier {self.tier!r}: {error}") from error
+
+        queue_s, compute_s, last_outputs = self._compute(pool)
+        links: list[LinkHop] = []
+        upstream_tiers: tuple[TierHop, ...] = ()
+        produced_by = self.tier
+        if self.route.upstream is not None:
+            upstream_out, trace, link = self._forward(pool, request.id, deadline)
+            pool.update(upstream_out)
+            last_outputs = upstream_out
+            links = [link, *trace.links]
+            upstream_tiers = trace.tiers
+            produced_by = trace.produced_by
+
+        names = self.route.outputs or tuple(last_outputs)
+        missing = [name for name in names if name not in pool]
+        if missing:
+            raise ServiceError(
+                "INTERNAL", f"tier {self.tier!r}: outputs {missing} were not produced"
+            )
+        hop = TierHop(self.tier, _ms(compute_s), _ms(queue_s), _ms(time.perf_counter() - started))
+        trace = Trace(produced_by, (hop, *upstream_tiers), tuple(links))
+        return serde.response_from_tensors(
+            self.model,
+            {name: pool[name] for name in names},
+            request_id=request.id,
+            parameters={TRACE_PARAMETER: trace.to_json()},
+        )
+
+    def _compute(self, pool: serde.TensorMap) -> tuple[float, float, serde.TensorMap]:
+        """Run the executors on ``pool`` (updated in place); (queue s, compute s, last outputs)."""
+        if not self.executors:
+            return 0.0, 0.0, dict(pool)
+        for spec in self.inputs:
+            array = pool.get(spec.name)
+            if array is None:
+                raise ServiceError(
+                    "INVALID_ARGUMENT",
+                    f"tier {self.tier!r}: missing input tensor {spec.name!r} ({_describe(spec)})",
+                )
+            if not spec.accepts(array):
+                raise ServiceError(
+                    "INVALID_ARGUMENT",
+                    f"tier {self.tier!r}: tensor {spec.name!r} is {array.dtype.name}"
+                    f" {list(array.shape)}, expected {_describe(spec)}",
+                )
+        waited = time.perf_counter()
+        with self._compute_lock:
+            began = time.perf_counter()
+            outputs: serde.TensorMap = {}
+            for executor in self.executors:
+                outputs = executor.run({spec.name: pool[spec.name] for spec in executor.inputs})
+                pool.update({name: np.asarray(value) for name, value in outputs.items()})
+            ended = time.perf_counter()
+        return began - waited, ended - began, outputs
+
+    def _forward(
+        self, pool: serde.TensorMap, request_id: str, deadline: float | None
+    ) -> tuple[serde.TensorMap, Trace, LinkHop]:
+        upstream = self.route.upstream
+        assert upstream is not None and self.transport is not None  # checked by the caller
+        missing = [name for name in self.route.forward if name not in pool]
+        if missing:
+            raise ServiceError(
+                "INVALID_ARGUMENT",
+                f"tier {self.tier!r}: tensors {missing} to forward to {upstream.tier!r} are neither"
+                " received nor computed here",
+            )
+        request = serde.request_from_tensors(
+            self.model, {name: pool[name] for name in self.route.forward}, request_id=request_id
+        )
+        timeout_s = None
+        if deadline is not None:
+            timeout_s = deadline - time.perf_counter() - _DEADLINE_MARGIN_S
+            if timeout_s <= 0:
+                raise ServiceError(
+                    "DEADLINE_EXCEEDED",
+                    f"tier {self.tier!r}: no time left to call {upstream.tier!r}",
+                )
+        sent = time.perf_counter()
+        response = self.transport.infer(
+            upstream.address, request, tier=upstream.tier, timeout_s=timeout_s
+        )
+        round_trip_s = time.perf_counter() - sent
+        try:
+            outputs = serde.tensors_from_response(response)
+            trace = Trace.from_json(serde.string_parameters(response.parameters)[TRACE_PARAMETER])
+        except (WireError, KeyError) as error:
+            raise ServiceError(
+                "INTERNAL", f"tier {self.tier!r}: bad answer from {upstream.tier!r}: {error}"
+            ) from error
+        upstream_ms = trace.tiers[0].service_ms if trace.tiers else 0.0
+        link = LinkHop(
+            source=self.tier,
+            target=upstream.tier,
+            request_bytes=request.ByteSize(),
+            response_bytes=response.ByteSize(),
+            transfer_ms=max(0.0, round(_ms(round_trip_s) - upstream_ms, 3)),
+        )
+        return outputs, trace, link

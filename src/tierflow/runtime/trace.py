@@ -1,0 +1,91 @@
+"""Per-request traces: where time and bytes went on the way device → edge → cloud.
+
+Each tier service appends its own :class:`TierHop` and, when it forwarded upstream, the
+:class:`LinkHop` it measured; the trace rides back to the caller as one compact JSON
+string parameter (``tierflow-trace``) of the ModelInferResponse: metadata, not tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tierflow.errors import WireError
+
+TRACE_PARAMETER = "tierflow-trace"
+
+
+@dataclass(frozen=True)
+class TierHop:
+    """Time one tier spent on a request, in milliseconds.
+
+    ``queue_ms`` waits for the tier's executors (one request computes at a time),
+    ``compute_ms`` runs them, ``service_ms`` is the whole time inside the tier, forwarding
+    upstream included.
+    """
+
+    tier: str
+    compute_ms: float
+    queue_ms: float
+    service_ms: float
+
+
+@dataclass(frozen=True)
+class LinkHop:
+    """One forwarding hop between tiers, measured by the sending tier.
+
+    ``transfer_ms`` is the round trip minus the time the receiving tier reported for
+    itself: serialisation, network and protocol overhead in both directions.
+    """
+
+    source: str
+    target: str
+    request_bytes: int
+    response_bytes: int
+    transfer_ms: float
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The tiers a request crossed (device first) and which one produced the outputs."""
+
+    produced_by: str
+    tiers: tuple[TierHop, ...] = field(default_factory=tuple)
+    links: tuple[LinkHop, ...] = field(default_factory=tuple)
+
+    @property
+    def tier_names(self) -> tuple[str, ...]:
+        return tuple(hop.tier for hop in self.tiers)
+
+    def to_json(self) -> str:
+        document = {
+            "produced_by": self.produced_by,
+            "tiers": [asdict(hop) for hop in self.tiers],
+            "links": [asdict(hop) for hop in self.links],
+        }
+        return json.dumps(document, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Trace:
+        try:
+            document: dict[str, Any] = json.loads(text)
+            return cls(
+                produced_by=str(document["produced_by"]),
+                tiers=tuple(TierHop(**hop) for hop in document["tiers"]),
+                links=tuple(LinkHop(**hop) for hop in document["links"]),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise WireError(f"parameter {TRACE_PARAMETER!r} is malformed: {error}") from error
+
+    def __str__(self) -> str:
+        parts = [
+            f"{hop.tier} {hop.compute_ms:.2f} ms compute, {hop.queue_ms:.2f} ms queue"
+            for hop in self.tiers
+        ]
+        parts += [
+            f"{hop.source}→{hop.target} {hop.request_bytes}+{hop.response_bytes} B"
+            f" {hop.transfer_ms:.2f} ms"
+            for hop in self.links
+        ]
+        return f"produced by {self.produced_by}: " + "; ".join(parts)
