@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 # Importing the command modules registers their commands on the app, as main() does.
 import tierflow.cli.commands_bench
 import tierflow.cli.commands_build
+import tierflow.cli.commands_hop
 import tierflow.cli.commands_model
-import tierflow.cli.commands_plan  # noqa: F401
+import tierflow.cli.commands_plan
+import tierflow.cli.commands_serve  # noqa: F401
 from tierflow.cli.app import app
 from tierflow.plan import Plan
 from tierflow.profile import Profile

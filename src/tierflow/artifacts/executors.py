@@ -79,6 +79,9 @@ class OnnxExecutor(_SegmentIO):
         options = ort.SessionOptions()
         if intra_op_threads is not None:
             options.intra_op_num_threads = intra_op_threads
+        # Idle ONNX Runtime workers spin by default; under a tier's CPU quota that spinning
+        # is billed as work and slows the segment, and calibration measures without it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._entry = entry
         self._session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]

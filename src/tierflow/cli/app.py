@@ -46,8 +46,10 @@ def main() -> None:
     from tierflow.cli import (  # noqa: F401
         commands_bench,
         commands_build,
+        commands_hop,
         commands_model,
         commands_plan,
+        commands_serve,
     )
 
     app()

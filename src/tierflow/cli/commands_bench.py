@@ -9,15 +9,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tierflow.cli.app import app, console, reports_errors
+from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.cli.commands_plan import planner_for, read_raw_topology
 from tierflow.cli.loading import load_model, measure_host_profile
 from tierflow.cli.render import plan_tables
 from tierflow.errors import TopologyError
+from tierflow.measure.bench_report import markdown_report, plot_measured, speedup_summary
 from tierflow.measure.planner_bench import time_planner, timings_to_dicts
 from tierflow.measure.plots import plot_sweep
+from tierflow.measure.testbed_bench import (
+    BenchSettings,
+    ConfigResult,
+    results_to_json,
+    run_bench,
+)
+from tierflow.measure.tier_profiles import tier_profiles
 from tierflow.plan import Plan
-from tierflow.plan.sweep import SweepSpec, sweep
+from tierflow.plan.sweep import SweepPoint, SweepSpec, sweep
 from tierflow.topology import topology_from_dict
 
 DEFAULT_MODEL = "torchvision:resnet18"
@@ -84,22 +92,139 @@ def bench_plan(
     console.print(f"written to {out / 'bench.json'}")
 
 
+def run_testbed_bench(
+    model: str,
+    topology: Path,
+    *,
+    overrides: list[str],
+    sweep_spec: str | None,
+    settings: BenchSettings,
+    out: Path,
+    emulate: bool,
+    profile_runs: int,
+    input_shape: str | None,
+    quiet: bool,
+) -> list[ConfigResult]:
+    """Profile each tier in its budget, plan, deploy, measure; write report.md/.json/.png."""
+    say = err_console.print if quiet else console.print
+    raw = read_raw_topology(topology, overrides)
+    the_topology = topology_from_dict(raw, source=str(topology))
+    loaded = load_model(model, input_shape=input_shape)
+
+    def announce(tier: str, cached: bool) -> None:
+        say(f"profile of {model} on tier {tier}: " + ("cached" if cached else "measuring…"))
+
+    profiles = tier_profiles(
+        model,
+        the_topology,
+        cache_dir=Path(".tierflow/cache/profiles"),
+        runs=profile_runs,
+        input_shape=input_shape,
+        on_tier=announce,
+    )
+    results = run_bench(
+        loaded.module,
+        loaded.inputs,
+        loaded.graph,
+        raw,
+        profiles,
+        sweep=SweepSpec.parse(sweep_spec) if sweep_spec else None,
+        settings=settings,
+        emulate=emulate,
+        progress=say,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results_to_json(results), indent=2) + "\n")
+    (out / "report.md").write_text(markdown_report(model, str(topology), results))
+    plot_measured(results, out / "latency.png", title=f"{model} on {topology.stem}")
+    return results
+
+
+def bench_table(results: list[ConfigResult]) -> Table:
+    table = Table(title="measured on the testbed (p50 over sequential requests)")
+    for column in ("point", "config", "tiers", "p50 ms", "p95 ms", "rps", "kB/request up+down",
+                   "predicted ms", "measured/predicted"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in {"point", "config", "tiers"} else "right"
+        )
+    for r in results:
+        point = ", ".join(f"{v:g}" for v in (r.sweep or {}).values()) or "-"
+        same = f" (= {r.same_deployment_as})" if r.same_deployment_as else ""
+        table.add_row(
+            point, r.name + same, "+".join(r.tiers_used), f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
+            f"{r.throughput_rps:.1f}", f"{sum(r.bytes_per_link.values()) / 1e3:.1f}",
+            f"{r.predicted_ms:.1f}", f"{r.measured_over_predicted:.2f}",
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+@reports_errors
+def bench(
+    model: Annotated[str, typer.Argument(help="Model spec")],
+    topology: Annotated[Path, typer.Option(help="Topology YAML")],
+    sweep_spec: Annotated[
+        str | None, typer.Option("--sweep", help='e.g. "links.0.bandwidth_mbps=5,20,100"')
+    ] = None,
+    requests: Annotated[int, typer.Option(min=1, help="Timed requests per config (at most)")] = 20,
+    seconds: Annotated[float, typer.Option(help="Time budget per config and point")] = 8.0,
+    set_: Annotated[list[str], typer.Option("--set", help="Topology override")] = [],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="Report directory")] = Path("reports/bench-testbed"),
+    no_emulate: Annotated[
+        bool, typer.Option("--no-emulate", help="No CPU quotas or links")
+    ] = False,
+    profile_runs: Annotated[int, typer.Option(min=1, help="Profiling runs per tier")] = 10,
+    input_shape: Annotated[str | None, typer.Option(help="Example input shape")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
+) -> None:
+    """Deploy the plan and the baselines on the local testbed and measure them."""
+    results = run_testbed_bench(
+        model,
+        topology,
+        overrides=set_,
+        sweep_spec=sweep_spec,
+        settings=BenchSettings(requests=requests, seconds_per_config=seconds),
+        out=out,
+        emulate=not no_emulate,
+        profile_runs=profile_runs,
+        input_shape=input_shape,
+        quiet=json_out,
+    )
+    if json_out:
+        print(json.dumps(results_to_json(results), indent=2))
+        return
+    console.print(bench_table(results))
+    console.print(speedup_summary(results))
+    console.print(f"report: {out / 'report.md'}")
+
+
+DEMO_BENCH_SWEEP = "links.0.bandwidth_mbps=5,25,100"
+# Few requests per configuration keep `make demo` under three minutes on two cores.
+DEMO_SETTINGS = BenchSettings(requests=10, min_requests=3, seconds_per_config=3.0, warmup=1)
+
+
 @app.command()
 @reports_errors
 def demo(
     model: Annotated[str, typer.Option(help="Model spec")] = DEFAULT_MODEL,
     topology: Annotated[Path, typer.Option(help="Topology YAML")] = DEFAULT_TOPOLOGY,
-    sweep_spec: Annotated[str, typer.Option("--sweep", help="Parameter sweep")] = DEFAULT_SWEEP,
+    sweep_spec: Annotated[str, typer.Option("--sweep", help="Predicted sweep")] = DEFAULT_SWEEP,
+    bench_sweep: Annotated[
+        str, typer.Option(help="Points measured on the testbed")
+    ] = DEMO_BENCH_SWEEP,
     out: Annotated[Path, typer.Option(help="Report directory")] = Path("reports/demo"),
+    no_emulate: Annotated[
+        bool, typer.Option("--no-emulate", help="No CPU quotas or links")
+    ] = False,
 ) -> None:
-    """Plan the default model on the default topology, beside the baselines, with a sweep."""
+    """Plan the default model, then deploy plan and baselines on the testbed and measure."""
     if not topology.exists():
         raise TopologyError(
             f"{topology} not found: run the demo from the tierflow checkout or pass --topology"
         )
     raw = read_raw_topology(topology, [])
     the_topology = topology_from_dict(raw, source=str(topology))
-    console.print(f"[bold]model[/bold] {model}   [bold]topology[/bold] {the_topology}")
+    console.rule(f"[bold]1. plan[/bold] {model} on {the_topology}")
     loaded = load_model(model)
     host = measure_host_profile(loaded, runs=10, warmup=2, threads=None, progress=True)
     console.print(
@@ -124,6 +249,30 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     result.save(out / "plan.json")
     figure = plot_sweep(spec, points, out / "sweep.png")
+    console.print(sweep_table(spec, points))
+
+    console.rule(f"[bold]2. run it[/bold]: plan and baselines on the local testbed, {bench_sweep}")
+    results = run_testbed_bench(
+        model,
+        topology,
+        overrides=[],
+        sweep_spec=bench_sweep,
+        settings=DEMO_SETTINGS,
+        out=out,
+        emulate=not no_emulate,
+        profile_runs=5,
+        input_shape=None,
+        quiet=False,
+    )
+    console.print(bench_table(results))
+    console.print(speedup_summary(results))
+    console.print(
+        f"written: {out / 'plan.json'}, {figure}, {out / 'report.md'}, {out / 'bench.json'}, "
+        f"{out / 'latency.png'}"
+    )
+
+
+def sweep_table(spec: SweepSpec, points: list[SweepPoint]) -> Table:
     summary = Table(title=f"predicted latency across {spec.path}")
     for column in (spec.path, "plan ms", "best feasible baseline", "baseline / plan", "cuts"):
         summary.add_column(
@@ -140,8 +289,7 @@ def demo(
             f"{best_ms / point.plan.predicted.latency_ms:.2f}×",
             _describe_cuts(point.plan),
         )
-    console.print(summary)
-    console.print(f"plan: {out / 'plan.json'}   sweep figure: {figure}")
+    return summary
 
 
 def _describe_cuts(plan: Plan) -> str:

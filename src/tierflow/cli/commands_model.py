@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,9 @@ from tierflow.errors import PartitionError
 from tierflow.graph.layer_graph import Granularity
 from tierflow.partition import run_split, split_traced
 from tierflow.plan import Plan
+from tierflow.profile.in_tier import profile_in_tier
+from tierflow.profile.onnx_calibration import calibrate_to_onnxruntime
+from tierflow.topology import load_topology
 
 ModelArg = Annotated[
     str, typer.Argument(help="torchvision:NAME, zoo:NAME or package.module:factory")
@@ -67,16 +71,45 @@ def profile(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Intra-op threads (default: cores)")
     ] = None,
+    executor: Annotated[
+        str, typer.Option(help="torch, or onnx: scale to ONNX Runtime speed (tier services)")
+    ] = "torch",
+    machine: Annotated[str | None, typer.Option(help="Name to record (default: host)")] = None,
+    tier: Annotated[
+        str | None, typer.Option(help="Measure inside this tier's emulated CPU budget")
+    ] = None,
+    topology: Annotated[Path | None, typer.Option(help="Topology (with --tier)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the profile as JSON")] = False,
     input_shape: InputShape = None,
     weights: Weights = None,
     leaf: Leaf = [],  # noqa: B006
 ) -> None:
-    """Measure MODEL's per-node latency on this machine (run it on each real tier too)."""
-    loaded = load_model(model, input_shape=input_shape, weights=weights, leaf=leaf)
-    result = measure_host_profile(
-        loaded, runs=runs, warmup=warmup, threads=threads, progress=not json_out
-    )
+    """Measure MODEL's per-node latency here, on a real tier, or in a testbed tier's budget."""
+    if executor not in ("torch", "onnx"):
+        raise typer.BadParameter("expected 'torch' or 'onnx'", param_hint="--executor")
+    if tier is not None:
+        if topology is None:
+            raise typer.BadParameter("--tier needs --topology", param_hint="--tier")
+        result = profile_in_tier(
+            model,
+            load_topology(topology),
+            tier,
+            executor="onnx" if executor == "onnx" else "torch",
+            runs=runs,
+            warmup=warmup,
+            input_shape=input_shape,
+        )
+    else:
+        loaded = load_model(model, input_shape=input_shape, weights=weights, leaf=leaf)
+        result = measure_host_profile(
+            loaded, runs=runs, warmup=warmup, threads=threads, progress=not json_out
+        )
+        if executor == "onnx":
+            result = calibrate_to_onnxruntime(
+                result, loaded.module, loaded.inputs, threads=result.threads, runs=runs
+            )
+        if machine is not None:
+            result = replace(result, machine=machine)
     if out is not None:
         result.save(out)
     if json_out:

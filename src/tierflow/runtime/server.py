@@ -31,6 +31,9 @@ Response = TypeVar("Response", bound=Message)
 _VERSION = "0.1.0"
 
 
+_NO_DEADLINE_S = 1e6  # anything longer than ~11 days means "no deadline"
+
+
 class TierServer:
     """Serves one :class:`TierService` over gRPC.
 
@@ -172,7 +175,12 @@ class TierServer:
                         "UNAUTHENTICATED",
                         f"tier {self.service.tier!r} requires 'authorization: Bearer <token>'",
                     )
-                response = behaviour(request, context.time_remaining())
+                remaining = context.time_remaining()
+                # Without a caller deadline grpc reports ~1e10 s; passing that upstream
+                # would overflow its deadline and fail the call at once.
+                if remaining is not None and remaining > _NO_DEADLINE_S:
+                    remaining = None
+                response = behaviour(request, remaining)
                 reply_bytes = response.ByteSize()
                 return response
             except ServiceError as error:

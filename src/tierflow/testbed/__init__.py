@@ -4,8 +4,10 @@ Each tier runs as its own OS process, optionally slowed to its topology ``speed`
 cgroup CPU quota (:mod:`tierflow.testbed.cpu`), and tiers talk through TCP proxies that
 impose each link's bandwidth, delay, jitter and outages (:mod:`tierflow.testbed.link`).
 
-The link module is imported lazily so that ``python -m tierflow.testbed.link`` does not
-find it already imported by its package (runpy warns about that).
+:class:`Testbed` (:mod:`tierflow.testbed.bed`) puts them together: a built plan served by
+one process per tier. The link module is imported lazily so that
+``python -m tierflow.testbed.link`` does not find it already imported by its package
+(runpy warns about that); the testbed module too, since it imports torch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tierflow.testbed.cpu import CpuQuota, LimitedProcess, cpu_limited
 from tierflow.testbed.shaping import LinkParams
 
 if TYPE_CHECKING:
+    from tierflow.testbed.bed import Testbed
     from tierflow.testbed.link import EmulatedLink, LinkStats
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "LimitedProcess",
     "LinkParams",
     "LinkStats",
+    "Testbed",
     "control_request",
     "cpu_limited",
 ]
@@ -35,4 +39,8 @@ def __getattr__(name: str) -> Any:
         from tierflow.testbed import link
 
         return getattr(link, name)
+    if name == "Testbed":
+        from tierflow.testbed import bed
+
+        return bed.Testbed
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,202 @@
+"""`tierflow bench`: plans and baselines deployed on the testbed, measured against prediction.
+
+For each sweep point the planner's plan and the ``all-<tier>`` baselines (``all-<cloud>``
+is raw input offloaded to the cloud) are built, run as tier services behind emulated
+links, and timed end to end. Deployments are built and started once and reused across
+sweep points: only the links change between points, live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tierflow.artifacts import build
+from tierflow.graph.layer_graph import LayerGraph
+from tierflow.plan.plan import Plan
+from tierflow.plan.planner import plan as make_plan
+from tierflow.plan.sweep import SweepSpec
+from tierflow.profile.profile import Profile
+from tierflow.runtime.client import connect
+from tierflow.testbed.bed import Testbed
+from tierflow.topology.load import apply_overrides, topology_from_dict
+from tierflow.topology.schema import Topology
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    """One deployment measured at one sweep point."""
+
+    name: str
+    sweep: Mapping[str, float] | None
+    p50_ms: float
+    p95_ms: float
+    throughput_rps: float
+    bytes_per_link: Mapping[str, float]
+    predicted_ms: float
+    measured_over_predicted: float
+    requests: int
+    same_deployment_as: str | None = None
+    tiers_used: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    requests: int = 20  # timed sequential requests per configuration (at most)
+    min_requests: int = 5  # ... and at least, whatever the time budget says
+    seconds_per_config: float = 8.0  # time budget for the sequential phase
+    pipelined_in_flight: int = 4
+    warmup: int = 2
+
+
+Progress = Callable[[str], None]
+
+
+def points_of(
+    raw: Mapping[str, Any], sweep: SweepSpec | None
+) -> list[tuple[dict[str, float] | None, Topology]]:
+    if sweep is None:
+        return [(None, topology_from_dict(raw))]
+    points: list[tuple[dict[str, float] | None, Topology]] = []
+    for value in sweep.values:
+        changed = apply_overrides(raw, [f"{sweep.path}={value!r}"])
+        points.append(
+            ({sweep.path: value}, topology_from_dict(changed, source=f"{sweep.path}={value:g}"))
+        )
+    return points
+
+
+def configurations(
+    graph: LayerGraph, topology: Topology, profiles: Mapping[str, Profile]
+) -> dict[str, Plan]:
+    """The plan and every all-on-one-tier baseline, each planned under the same costs."""
+    configs = {"plan": make_plan(graph, topology, tier_profiles=profiles)}
+    movable = [n.name for n in graph.nodes if n.op != "placeholder"]
+    for tier in topology.tier_names:
+        pins = dict.fromkeys(movable, tier)
+        configs[f"all-{tier}"] = make_plan(graph, topology, tier_profiles=profiles, pins=pins)
+    return configs
+
+
+def _deployment_key(plan: Plan) -> str:
+    return hashlib.sha256(json.dumps(sorted(plan.assignment.items())).encode()).hexdigest()[:16]
+
+
+def run_bench(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    graph: LayerGraph,
+    raw_topology: Mapping[str, Any],
+    profiles: Mapping[str, Profile],
+    *,
+    sweep: SweepSpec | None,
+    settings: BenchSettings,
+    work_dir: Path | None = None,
+    emulate: bool = True,
+    progress: Progress | None = None,
+) -> list[ConfigResult]:
+    """Measure the plan and baselines at every sweep point on the testbed."""
+    say = progress or (lambda _: None)
+    points = points_of(raw_topology, sweep)
+    planned = [(values, topo, configurations(graph, topo, profiles)) for values, topo in points]
+    deployments: dict[str, Plan] = {}
+    for _, _, configs in planned:
+        for config in configs.values():
+            deployments.setdefault(_deployment_key(config), config)
+    request = np.asarray(inputs[0].detach().numpy())
+    measured: dict[tuple[str, int], tuple[float, float, float, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(dir=work_dir) as folder:
+        for key, deployment in deployments.items():
+            out = Path(folder) / key
+            say(f"building {len(deployment.segments())} segment(s) for deployment {key[:8]}")
+            build(model, deployment, inputs, out)
+            with Testbed(points[0][1], out / "manifest.json", emulate=emulate) as bed:
+                for index, (_, topo, configs) in enumerate(planned):
+                    if not any(_deployment_key(c) == key for c in configs.values()):
+                        continue
+                    for link_index, link in enumerate(topo.links if emulate else ()):
+                        bed.set_link(
+                            link_index,
+                            bandwidth_mbps=link.bandwidth_mbps,
+                            downlink_mbps=link.down_mbps,
+                            rtt_ms=link.rtt_ms,
+                        )
+                    say(f"measuring deployment {key[:8]} at point {index + 1}/{len(planned)}")
+                    measured[(key, index)] = _measure(bed, request, settings)
+    results = []
+    for index, (values, _, configs) in enumerate(planned):
+        first_name: dict[str, str] = {}
+        for name, config in configs.items():
+            key = _deployment_key(config)
+            p50, p95, rps, per_link = measured[(key, index)]
+            predicted = config.predicted.latency_ms
+            results.append(
+                ConfigResult(
+                    name=name,
+                    sweep=values,
+                    p50_ms=p50,
+                    p95_ms=p95,
+                    throughput_rps=rps,
+                    bytes_per_link=per_link,
+                    predicted_ms=predicted,
+                    measured_over_predicted=p50 / predicted if predicted > 0 else float("nan"),
+                    requests=settings.requests,
+                    same_deployment_as=first_name.get(key),
+                    tiers_used=tuple(config.segments()),
+                )
+            )
+            first_name.setdefault(key, name)
+    return results
+
+
+def _measure(
+    bed: Testbed, request: np.ndarray, settings: BenchSettings
+) -> tuple[float, float, float, dict[str, float]]:
+    """p50 / p95 latency of sequential requests, pipelined throughput, bytes per request."""
+    with connect(bed.entry, timeout_s=120.0) as client:
+        for _ in range(settings.warmup):
+            client.infer(request)
+        before = bed.link_stats()
+        latencies: list[float] = []
+        started = time.perf_counter()
+        while len(latencies) < settings.requests:
+            begin = time.perf_counter()
+            client.infer(request)
+            latencies.append((time.perf_counter() - begin) * 1000)
+            spent = time.perf_counter() - started
+            if len(latencies) >= settings.min_requests and spent > settings.seconds_per_config:
+                break
+        after = bed.link_stats()
+        count = len(latencies)
+        per_link = {
+            name: (
+                after[name].bytes_up + after[name].bytes_down - stats.bytes_up - stats.bytes_down
+            )
+            / count
+            for name, stats in before.items()
+        }
+        batch = max(settings.min_requests, min(count, 2 * settings.pipelined_in_flight))
+        begin = time.perf_counter()
+        for _ in client.infer_many([request] * batch, max_in_flight=settings.pipelined_in_flight):
+            pass
+        throughput = batch / (time.perf_counter() - begin)
+    p95 = float(np.percentile(latencies, 95))
+    return statistics.median(latencies), p95, throughput, per_link
+
+
+def results_to_json(results: Sequence[ConfigResult]) -> dict[str, Any]:
+    return {"configs": [r.to_dict() for r in results]}

@@ -1,0 +1,106 @@
+"""Deriving a tier's :class:`~tierflow.runtime.route.Route` from a build manifest.
+
+A tier forwards upstream every value that a segment on a higher tier consumes and that is
+available here: the model's inputs (received from the caller), values computed below and
+relayed through this tier, and values its own segment computes. It returns the model's
+final outputs (values no later segment consumes, as :func:`~tierflow.artifacts.run_chain`
+defines them) that are computed on this tier or above; outputs computed below never reach
+it, so the tier below answers them from its own pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tierflow.artifacts.manifest import Manifest
+from tierflow.errors import ArtifactError
+from tierflow.runtime.route import Route, Upstream
+
+
+def route_from_manifest(
+    manifest: Manifest,
+    tier: str,
+    upstream: Upstream | None,
+    *,
+    tiers: Sequence[str] | None = None,
+) -> Route:
+    """The route of ``tier``: what it forwards to ``upstream`` and which outputs it returns.
+
+    Parameters
+    ----------
+    manifest:
+        The built plan.
+    tier:
+        The tier served; it need not run a segment (a pure relay).
+    upstream:
+        The next tier towards the cloud. Dropped when no higher tier needs a value
+        from here (the route then ends at this tier).
+    tiers:
+        All tiers in path order; defaults to the stored plan's (hash-checked) tiers.
+
+    Raises
+    ------
+    ArtifactError
+        If ``tier`` is not a tier of the plan, or higher tiers need values but no
+        ``upstream`` is given.
+
+    Examples
+    --------
+    >>> route = route_from_manifest(manifest, "edge", Upstream("cloud", "h:1"))  # doctest: +SKIP
+    >>> route.forward  # doctest: +SKIP
+    ('h2',)
+    """
+    order = tuple(tiers) if tiers is not None else manifest.load_plan().tiers
+    if tier not in order:
+        raise ArtifactError(
+            f"tier {tier!r} is not a tier of the plan in {manifest.root} "
+            f"(tiers: {', '.join(order)})"
+        )
+    position = order.index(tier)
+    rank: dict[str, int] = {}
+    for segment in manifest.segments:
+        if segment.tier not in order:
+            raise ArtifactError(
+                f"segment of tier {segment.tier!r} in {manifest.root} is not on the plan's path"
+            )
+        rank[segment.tier] = order.index(segment.tier)
+
+    produced_at: dict[str, int] = {}
+    for segment in manifest.segments:
+        for value in segment.outputs:
+            produced_at.setdefault(value.name, rank[segment.tier])
+    model_inputs = [
+        value.name
+        for segment in manifest.segments
+        for value in segment.inputs
+        if value.name not in produced_at
+    ]
+
+    available = set(model_inputs) | {n for n, r in produced_at.items() if r <= position}
+    forward: list[str] = []
+    for segment in manifest.segments:
+        if rank[segment.tier] <= position:
+            continue
+        for value in segment.inputs:
+            if value.name in available and value.name not in forward:
+                forward.append(value.name)
+
+    outputs = tuple(
+        name for name in _final_outputs(manifest) if produced_at.get(name, -1) >= position
+    )
+    if not forward:
+        return Route(tier, outputs=outputs)
+    if upstream is None:
+        raise ArtifactError(
+            f"tier {tier!r} must forward {forward} to a higher tier, but has no upstream"
+        )
+    return Route(tier, outputs=outputs, forward=tuple(forward), upstream=upstream)
+
+
+def _final_outputs(manifest: Manifest) -> list[str]:
+    """Values some segment returns and no later segment consumes, in production order."""
+    names: list[str] = []
+    for index, segment in enumerate(manifest.segments):
+        later = {v.name for s in manifest.segments[index + 1 :] for v in s.inputs}
+        names += [v.name for v in segment.outputs if v.name not in later and v.name not in names]
+    return names

@@ -1,0 +1,103 @@
+"""Profiles inside a tier's budget, ONNX Runtime calibration, and the testbed bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import tierflow
+from tierflow.cli.app import app
+from tierflow.measure.testbed_bench import BenchSettings, run_bench
+from tierflow.profile.estimate import estimate_profile
+from tierflow.profile.in_tier import profile_in_tier
+from tierflow.profile.onnx_calibration import calibrate_to_onnxruntime
+from tierflow.testbed.cpu import unavailable_reason
+from tierflow.topology import topology_from_dict
+
+TWO_TIERS = {
+    "tiers": [
+        {"name": "phone", "kind": "device", "compute": {"speed": 0.5}},
+        {"name": "cloud", "kind": "cloud", "compute": {"speed": 1.0}},
+    ],
+    "links": [{"from": "phone", "to": "cloud", "bandwidth_mbps": 200, "rtt_ms": 2}],
+}
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    model, inputs = tierflow.resolve_model("zoo:lenet")
+    return model, inputs, tierflow.capture(model, inputs, name="zoo:lenet")
+
+
+def test_calibration_scales_every_node_by_one_factor(lenet):
+    model, inputs, _ = lenet
+    profile = tierflow.profile_model(
+        tierflow.trace(model, inputs), inputs, model_name="zoo:lenet", runs=3, progress=False
+    )
+    calibrated = calibrate_to_onnxruntime(profile, model, inputs, threads=1, runs=3)
+    scale = calibrated.meta["onnxruntime_scale"]
+    assert calibrated.meta["executor"] == "onnxruntime"
+    assert scale > 0
+    for name, ms in profile.node_ms.items():
+        assert calibrated.node_ms[name] == pytest.approx(ms * scale)
+
+
+def test_profile_in_a_tier_covers_every_node_and_records_the_budget(lenet):
+    _, _, graph = lenet
+    topology = topology_from_dict(TWO_TIERS)
+    profile = profile_in_tier("zoo:lenet", topology, "phone", executor="torch", runs=3)
+    profile.check_matches(graph)
+    assert profile.machine == "phone"
+    assert profile.meta["tier_speed"] == 0.5
+    assert profile.meta["throttled"] is (unavailable_reason() is None)
+    if profile.meta["throttled"]:
+        # Throttled node times are scaled to add up to the whole-model time.
+        assert profile.sum_ms == pytest.approx(profile.whole_ms, rel=1e-6)
+
+
+def test_bench_measures_the_plan_and_every_all_on_one_tier_baseline(lenet):
+    model, inputs, graph = lenet
+    estimate = estimate_profile(graph)
+    profiles = {"phone": estimate, "cloud": estimate}
+    settings = BenchSettings(requests=4, min_requests=2, seconds_per_config=2.0, warmup=1)
+    results = run_bench(model, inputs, graph, TWO_TIERS, profiles, sweep=None, settings=settings)
+    names = {r.name for r in results}
+    assert names == {"plan", "all-phone", "all-cloud"}
+    by_name = {r.name: r for r in results}
+    cloud = by_name["all-cloud"]
+    # Raw offload sends the input up and the output back, each request.
+    input_bytes = inputs[0].numel() * inputs[0].element_size()
+    assert cloud.bytes_per_link["phone->cloud"] >= input_bytes
+    assert by_name["all-phone"].bytes_per_link["phone->cloud"] == 0
+    for result in results:
+        assert result.p50_ms > 0
+        assert result.p95_ms >= result.p50_ms
+        assert result.throughput_rps > 0
+        assert result.measured_over_predicted > 0
+
+
+@pytest.mark.slow
+def test_bench_cli_writes_json_markdown_and_the_figure(tmp_path: Path, monkeypatch):
+    import tierflow.cli.commands_bench  # noqa: F401  (registers the command)
+
+    monkeypatch.chdir(tmp_path)
+    topology = tmp_path / "two.yaml"
+    topology.write_text(json.dumps(TWO_TIERS))  # JSON is YAML
+    result = CliRunner().invoke(
+        app,
+        ["bench", "zoo:lenet", "--topology", str(topology), "--requests", "3", "--seconds", "1",
+         "--profile-runs", "2", "--sweep", "links.0.bandwidth_mbps=20,200", "--json",
+         "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    configs = json.loads(result.stdout)["configs"]
+    assert {c["name"] for c in configs} == {"plan", "all-phone", "all-cloud"}
+    keys = {"name", "sweep", "p50_ms", "p95_ms", "throughput_rps", "bytes_per_link"}
+    keys |= {"predicted_ms", "measured_over_predicted"}
+    for config in configs:
+        assert set(config) >= keys
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# tierflow bench")
+    assert (tmp_path / "out" / "latency.png").stat().st_size > 10_000
