@@ -46,6 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tierflow.errors import ServiceError, WireError
+from tierflow.runtime.allocator import tune_allocator
 from tierflow.runtime.client import Client, connect
 from tierflow.runtime.executor import IOSpec
 from tierflow.runtime.route import Route, Upstream
@@ -173,6 +174,7 @@ def _serve(conn: Connection, upstream: str | None) -> None:
     Sends ``(tier address, echo port or None)`` through ``conn``, then serves until any
     message arrives on it.
     """
+    tune_allocator()  # as `tierflow serve` does: this process only serves
     with ExitStack() as stack:
         echo_port = None
         if upstream is None:

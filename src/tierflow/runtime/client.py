@@ -1,7 +1,11 @@
 """Calling a tier service: one request, many pipelined requests, or asyncio.
 
 Any Open Inference Protocol server answers these clients; tierflow tier services also
-return a :class:`~tierflow.runtime.trace.Trace` with each result.
+return a :class:`~tierflow.runtime.trace.Trace` with each result. ModelInfer messages go
+through :mod:`tierflow.runtime.wire` (protobuf's wire format, tensors not copied): the
+request is encoded before the call returns control, so inputs may be reused once
+``infer`` returns (or ``infer_many`` has moved past them), and outputs are **read-only**
+views of the received bytes (``result.output.copy()`` to modify one).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import grpc.aio
 import numpy as np
 from numpy.typing import NDArray
 
-from tierflow.errors import ServiceError
-from tierflow.runtime import serde
+from tierflow.errors import ServiceError, WireError
+from tierflow.runtime import serde, wire
 from tierflow.runtime._proto import grpc_predict_v2_pb2 as pb
 from tierflow.runtime.executor import IOSpec
 from tierflow.runtime.security import TlsFiles, bearer_metadata
@@ -43,10 +47,15 @@ class Result:
         return next(iter(self.outputs.values()))
 
 
-def _result(response: pb.ModelInferResponse) -> Result:
-    trace_json = serde.string_parameters(response.parameters).get(TRACE_PARAMETER)
+def _result(reply: bytes, address: str) -> Result:
+    try:
+        response = wire.decode_response(reply)
+        outputs = serde.tensors_from_response(response)
+    except WireError as error:
+        raise ServiceError("INTERNAL", f"{address}: malformed answer: {error}") from error
+    trace_json = serde.string_parameters(response.header.parameters).get(TRACE_PARAMETER)
     trace = None if trace_json is None else Trace.from_json(trace_json)
-    return Result(serde.tensors_from_response(response), trace)
+    return Result(outputs, trace)
 
 
 def _error(error: grpc.RpcError | grpc.aio.AioRpcError, address: str) -> ServiceError:
@@ -63,13 +72,14 @@ class _Endpoint:
         self.model = model
         self.inputs = inputs
 
-    def request(self, x: Inputs) -> pb.ModelInferRequest:
+    def request(self, x: Inputs) -> bytes:
+        """The encoded ModelInfer request for ``x`` (the tensors' one copy, into bytes)."""
         if isinstance(x, np.ndarray):
             if len(self.inputs) != 1:
                 names = [spec.name for spec in self.inputs]
                 raise ValueError(f"model {self.model!r} takes {names}: pass a dict of arrays")
             x = {self.inputs[0].name: x}
-        return serde.request_from_tensors(self.model, x)
+        return wire.encode_request(serde.request_from_tensors(self.model, x))
 
 
 class Client(_Endpoint):
@@ -89,21 +99,18 @@ class Client(_Endpoint):
         self._channel = channel
         self._metadata = bearer_metadata(token)
         self.timeout_s = timeout_s
-        self._infer = channel.unary_unary(
-            method_path("ModelInfer"),
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelInferResponse.FromString,
-        )
+        # Bytes in, bytes out: the codec runs in `request` and `_result`.
+        self._infer = channel.unary_unary(method_path("ModelInfer"))
 
     def infer(self, x: Inputs, *, timeout_s: float | None = None) -> Result:
         """Run the model on one input (an array for a one-input model, or named arrays)."""
         try:
-            response = self._infer(
+            reply: bytes = self._infer(
                 self.request(x), timeout=timeout_s or self.timeout_s, metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise _error(error, self.address) from error
-        return _result(response)
+        return _result(reply, self.address)
 
     def infer_many(
         self, xs: Iterable[Inputs], *, max_in_flight: int = 8, timeout_s: float | None = None
@@ -124,10 +131,10 @@ class Client(_Endpoint):
 
     def _collect(self, call: grpc.Future) -> Result:
         try:
-            response: pb.ModelInferResponse = call.result()
+            reply: bytes = call.result()
         except grpc.RpcError as error:
             raise _error(error, self.address) from error
-        return _result(response)
+        return _result(reply, self.address)
 
     def close(self) -> None:
         self._channel.close()
@@ -247,18 +254,14 @@ class AsyncClient(_Endpoint):
         )
 
     async def infer(self, x: Inputs, *, timeout_s: float | None = None) -> Result:
-        call = self._channel.unary_unary(
-            method_path("ModelInfer"),
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelInferResponse.FromString,
-        )
+        call = self._channel.unary_unary(method_path("ModelInfer"))
         try:
-            response: pb.ModelInferResponse = await call(
+            reply: bytes = await call(
                 self.request(x), timeout=timeout_s or self.timeout_s, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
             raise _error(error, self.address) from error
-        return _result(response)
+        return _result(reply, self.address)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -2,9 +2,18 @@
 
 Tensors travel as raw little-endian bytes in ``raw_input_contents`` /
 ``raw_output_contents`` (the OIP's "raw" representation: flattened, row-major, no
-padding), never as typed lists, JSON or pickle. Decoding is zero-copy: the arrays returned
-are read-only ``numpy.frombuffer`` views of the received bytes. String parameters carry
-metadata such as the ``tierflow-trace`` (see :mod:`tierflow.runtime.trace`).
+padding), never as typed lists, JSON or pickle. Messages are
+:class:`~tierflow.runtime.wire.InferMessage` s, which keep the tensor bytes apart from the
+protobuf header (see Note [Raw contents beside protobuf] in :mod:`tierflow.runtime.wire`):
+
+* encoding copies nothing: the message holds ``memoryview`` s of the (C-contiguous,
+  little-endian) arrays, so they must not be modified until the message is sent;
+* decoding copies nothing: the arrays returned are **read-only** ``numpy.frombuffer``
+  views of the received bytes (possibly not aligned to their dtype, which numpy, ONNX
+  Runtime and PyTorch accept); copy one (``array.copy()``) to write into it.
+
+String parameters carry metadata such as the ``tierflow-trace`` (see
+:mod:`tierflow.runtime.trace`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from numpy.typing import NDArray
 from tierflow.errors import WireError
 from tierflow.runtime._proto import grpc_predict_v2_pb2 as pb
 from tierflow.runtime.executor import IOSpec
+from tierflow.runtime.wire import InferRequest, InferResponse
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import MessageMap
@@ -61,20 +71,20 @@ def dtype_of(datatype: str, *, tensor: str = "?") -> np.dtype[Any]:
     return _DATATYPES[datatype]
 
 
-def _encode(name: str, array: NDArray[np.generic]) -> tuple[str, list[int], bytes]:
+def _encode(name: str, array: NDArray[np.generic]) -> tuple[str, list[int], memoryview]:
     datatype = datatype_of(array.dtype, tensor=name)
-    wire = np.ascontiguousarray(array, dtype=_DATATYPES[datatype])
-    return datatype, list(wire.shape), wire.tobytes()
+    wire = np.ascontiguousarray(array, dtype=_DATATYPES[datatype])  # no copy if it already is
+    return datatype, list(wire.shape), wire.reshape(-1).view(np.uint8).data
 
 
-def _decode(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> NDArray[np.generic]:
+def _decode(name: str, datatype: str, shape: Sequence[int], raw: memoryview) -> NDArray[np.generic]:
     dtype = dtype_of(datatype, tensor=name)
     if any(dim < 0 for dim in shape):
         raise WireError(f"tensor {name!r}: shape {list(shape)} has a negative dimension")
     expected = math.prod(shape) * dtype.itemsize
-    if len(raw) != expected:
+    if raw.nbytes != expected:
         raise WireError(
-            f"tensor {name!r}: {datatype} {list(shape)} needs {expected} bytes, got {len(raw)}"
+            f"tensor {name!r}: {datatype} {list(shape)} needs {expected} bytes, got {raw.nbytes}"
         )
     array: NDArray[np.generic] = np.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
     if array.dtype.byteorder not in ("=", "|"):  # a big-endian host: native order for compute
@@ -113,22 +123,24 @@ def request_from_tensors(
     *,
     request_id: str = "",
     parameters: Mapping[str, str] | None = None,
-) -> pb.ModelInferRequest:
-    """Build a ModelInferRequest carrying ``tensors`` as raw little-endian bytes."""
-    request = pb.ModelInferRequest(model_name=model, id=request_id)
+) -> InferRequest:
+    """A ModelInfer request carrying ``tensors`` as raw little-endian bytes (not copied)."""
+    header = pb.ModelInferRequest(model_name=model, id=request_id)
+    raw = []
     for name, array in tensors.items():
-        datatype, shape, raw = _encode(name, np.asarray(array))
-        request.inputs.add(name=name, datatype=datatype, shape=shape)
-        request.raw_input_contents.append(raw)
-    set_string_parameters(request.parameters, parameters or {})
-    return request
+        datatype, shape, data = _encode(name, np.asarray(array))
+        header.inputs.add(name=name, datatype=datatype, shape=shape)
+        raw.append(data)
+    set_string_parameters(header.parameters, parameters or {})
+    return InferRequest(header, tuple(raw))
 
 
-def tensors_from_request(request: pb.ModelInferRequest) -> TensorMap:
+def tensors_from_request(request: InferRequest) -> TensorMap:
     """The request's input tensors as read-only numpy views; WireError if malformed."""
-    _check_raw_count("request", len(request.inputs), len(request.raw_input_contents))
+    inputs = request.header.inputs
+    _check_raw_count("request", len(inputs), len(request.raw))
     tensors: TensorMap = {}
-    for spec, raw in zip(request.inputs, request.raw_input_contents, strict=True):
+    for spec, raw in zip(inputs, request.raw, strict=True):
         tensors[spec.name] = _decode(spec.name, spec.datatype, spec.shape, raw)
     return tensors
 
@@ -139,22 +151,24 @@ def response_from_tensors(
     *,
     request_id: str = "",
     parameters: Mapping[str, str] | None = None,
-) -> pb.ModelInferResponse:
-    """Build a ModelInferResponse carrying ``tensors`` as raw little-endian bytes."""
-    response = pb.ModelInferResponse(model_name=model, id=request_id)
+) -> InferResponse:
+    """A ModelInfer response carrying ``tensors`` as raw little-endian bytes (not copied)."""
+    header = pb.ModelInferResponse(model_name=model, id=request_id)
+    raw = []
     for name, array in tensors.items():
-        datatype, shape, raw = _encode(name, np.asarray(array))
-        response.outputs.add(name=name, datatype=datatype, shape=shape)
-        response.raw_output_contents.append(raw)
-    set_string_parameters(response.parameters, parameters or {})
-    return response
+        datatype, shape, data = _encode(name, np.asarray(array))
+        header.outputs.add(name=name, datatype=datatype, shape=shape)
+        raw.append(data)
+    set_string_parameters(header.parameters, parameters or {})
+    return InferResponse(header, tuple(raw))
 
 
-def tensors_from_response(response: pb.ModelInferResponse) -> TensorMap:
+def tensors_from_response(response: InferResponse) -> TensorMap:
     """The response's output tensors as read-only numpy views; WireError if malformed."""
-    _check_raw_count("response", len(response.outputs), len(response.raw_output_contents))
+    outputs = response.header.outputs
+    _check_raw_count("response", len(outputs), len(response.raw))
     tensors: TensorMap = {}
-    for spec, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+    for spec, raw in zip(outputs, response.raw, strict=True):
         tensors[spec.name] = _decode(spec.name, spec.datatype, spec.shape, raw)
     return tensors
 

@@ -17,17 +17,20 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
-from tierflow.errors import ServiceError
+from tierflow.errors import ServiceError, WireError
+from tierflow.runtime import wire
 from tierflow.runtime._proto import grpc_predict_v2_pb2 as pb
 from tierflow.runtime.metrics import TierMetrics
 from tierflow.runtime.security import TlsFiles, token_matches
 from tierflow.runtime.service import TierService
 from tierflow.runtime.transport import DEFAULT_MAX_MESSAGE_BYTES, SERVICE_NAME, channel_options
+from tierflow.runtime.wire import InferRequest, InferResponse
 
-Request = TypeVar("Request", bound=Message)
-Response = TypeVar("Response", bound=Message)
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Parsed = TypeVar("Parsed", bound=Message)
 _VERSION = "0.1.0"
 
 
@@ -133,38 +136,53 @@ class TierServer:
                 service.check_model(request.name)
             return service.metadata()
 
-        def model_infer(
-            request: pb.ModelInferRequest, remaining_s: float | None
-        ) -> pb.ModelInferResponse:
+        def model_infer(request: InferRequest, remaining_s: float | None) -> InferResponse:
             return service.infer(request, timeout_s=remaining_s)
 
         methods: dict[str, grpc.RpcMethodHandler] = {
             "ServerLive": self._unary(
-                "ServerLive", pb.ServerLiveRequest, lambda r, t: pb.ServerLiveResponse(live=True)
+                "ServerLive",
+                _parser(pb.ServerLiveRequest),
+                lambda r, t: pb.ServerLiveResponse(live=True),
+                _serialize,
             ),
             "ServerReady": self._unary(
                 "ServerReady",
-                pb.ServerReadyRequest,
+                _parser(pb.ServerReadyRequest),
                 lambda r, t: pb.ServerReadyResponse(ready=True),
+                _serialize,
             ),
             "ServerMetadata": self._unary(
                 "ServerMetadata",
-                pb.ServerMetadataRequest,
+                _parser(pb.ServerMetadataRequest),
                 lambda r, t: pb.ServerMetadataResponse(name="tierflow", version=_VERSION),
+                _serialize,
             ),
-            "ModelReady": self._unary("ModelReady", pb.ModelReadyRequest, model_ready),
-            "ModelMetadata": self._unary("ModelMetadata", pb.ModelMetadataRequest, model_metadata),
-            "ModelInfer": self._unary("ModelInfer", pb.ModelInferRequest, model_infer),
+            "ModelReady": self._unary(
+                "ModelReady", _parser(pb.ModelReadyRequest), model_ready, _serialize
+            ),
+            "ModelMetadata": self._unary(
+                "ModelMetadata", _parser(pb.ModelMetadataRequest), model_metadata, _serialize
+            ),
+            # Tensors are not copied on the way in (views of the received bytes) and copied
+            # once on the way out (into the bytes gRPC sends): see tierflow.runtime.wire.
+            "ModelInfer": self._unary(
+                "ModelInfer", wire.decode_request, model_infer, wire.encode_response
+            ),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
     def _unary(
         self,
         method: str,
-        request_type: type[Request],
+        decode: Callable[[bytes], Request],
         behaviour: Callable[[Request, float | None], Response],
+        encode: Callable[[Response], bytes],
     ) -> grpc.RpcMethodHandler:
-        def handle(request: Request, context: grpc.ServicerContext) -> Response:
+        # Bytes in, bytes out (no gRPC serializers): a malformed request is answered
+        # INVALID_ARGUMENT naming what is wrong (gRPC's own would be INTERNAL), and the
+        # metrics count the bytes that crossed the socket.
+        def handle(data: bytes, context: grpc.ServicerContext) -> bytes:
             started = time.perf_counter()
             code, reply_bytes = "OK", 0
             try:
@@ -175,14 +193,20 @@ class TierServer:
                         "UNAUTHENTICATED",
                         f"tier {self.service.tier!r} requires 'authorization: Bearer <token>'",
                     )
+                try:
+                    request = decode(data)
+                except WireError as error:
+                    raise ServiceError(
+                        "INVALID_ARGUMENT", f"tier {self.service.tier!r}: {error}"
+                    ) from error
                 remaining = context.time_remaining()
                 # Without a caller deadline grpc reports ~1e10 s; passing that upstream
                 # would overflow its deadline and fail the call at once.
                 if remaining is not None and remaining > _NO_DEADLINE_S:
                     remaining = None
-                response = behaviour(request, remaining)
-                reply_bytes = response.ByteSize()
-                return response
+                reply = encode(behaviour(request, remaining))
+                reply_bytes = len(reply)
+                return reply
             except ServiceError as error:
                 code = error.status
                 context.abort(grpc.StatusCode[error.status], str(error))
@@ -192,17 +216,28 @@ class TierServer:
                 context.abort(grpc.StatusCode.INTERNAL, message)
             finally:
                 elapsed = time.perf_counter() - started
-                self.metrics.observe(method, code, elapsed, request.ByteSize(), reply_bytes)
+                self.metrics.observe(method, code, elapsed, len(data), reply_bytes)
             raise AssertionError("unreachable: context.abort raises")
 
-        def deserialize(data: bytes) -> Any:
-            return request_type.FromString(data)
+        return grpc.unary_unary_rpc_method_handler(handle)
 
-        return grpc.unary_unary_rpc_method_handler(
-            handle,
-            request_deserializer=deserialize,
-            response_serializer=lambda message: message.SerializeToString(),
-        )
+
+def _parser(message_type: type[Parsed]) -> Callable[[bytes], Parsed]:
+    """Parse a small protobuf message, refusing malformed bytes with WireError."""
+
+    def parse(data: bytes) -> Parsed:
+        message = message_type()
+        try:
+            message.ParseFromString(data)
+            return message
+        except DecodeError as error:
+            raise WireError(f"{message_type.__name__}: malformed: {error}") from error
+
+    return parse
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 def serve(service: TierService, **options: Any) -> TierServer:

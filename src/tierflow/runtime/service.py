@@ -22,6 +22,7 @@ from tierflow.runtime.executor import Executor, IOSpec
 from tierflow.runtime.route import Route
 from tierflow.runtime.trace import TRACE_PARAMETER, LinkHop, TierHop, Trace
 from tierflow.runtime.transport import Transport
+from tierflow.runtime.wire import InferRequest, InferResponse
 
 PLATFORM = "tierflow"
 # Time kept back from the caller's deadline for answering it after the upstream replies.
@@ -105,13 +106,16 @@ class TierService:
                 "NOT_FOUND", f"tier {self.tier!r} serves model {self.model!r}, not {name!r}"
             )
 
-    def infer(
-        self, request: pb.ModelInferRequest, *, timeout_s: float | None = None
-    ) -> pb.ModelInferResponse:
-        """Answer one ModelInfer request; raises ServiceError with a gRPC status name."""
+    def infer(self, request: InferRequest, *, timeout_s: float | None = None) -> InferResponse:
+        """Answer one ModelInfer request; raises ServiceError with a gRPC status name.
+
+        The request's tensors are read as views of its bytes and tensors forwarded or
+        answered unchanged are written from those views: a relay copies no tensor itself
+        (the only copy is gRPC's ``bytes`` for each message sent).
+        """
         started = time.perf_counter()
         deadline = None if timeout_s is None else started + timeout_s
-        self.check_model(request.model_name)
+        self.check_model(request.header.model_name)
         try:
             pool = serde.tensors_from_request(request)
         except WireError as error:
@@ -122,7 +126,7 @@ class TierService:
         upstream_tiers: tuple[TierHop, ...] = ()
         produced_by = self.tier
         if self.route.upstream is not None:
-            upstream_out, trace, link = self._forward(pool, request.id, deadline)
+            upstream_out, trace, link = self._forward(pool, request.header.id, deadline)
             pool.update(upstream_out)
             last_outputs = upstream_out
             links = [link, *trace.links]
@@ -140,7 +144,7 @@ class TierService:
         return serde.response_from_tensors(
             self.model,
             {name: pool[name] for name in names},
-            request_id=request.id,
+            request_id=request.header.id,
             parameters={TRACE_PARAMETER: trace.to_json()},
         )
 
@@ -201,7 +205,8 @@ class TierService:
         round_trip_s = time.perf_counter() - sent
         try:
             outputs = serde.tensors_from_response(response)
-            trace = Trace.from_json(serde.string_parameters(response.parameters)[TRACE_PARAMETER])
+            parameters = serde.string_parameters(response.header.parameters)
+            trace = Trace.from_json(parameters[TRACE_PARAMETER])
         except (WireError, KeyError) as error:
             raise ServiceError(
                 "INTERNAL", f"tier {self.tier!r}: bad answer from {upstream.tier!r}: {error}"
@@ -210,8 +215,8 @@ class TierService:
         link = LinkHop(
             source=self.tier,
             target=upstream.tier,
-            request_bytes=request.ByteSize(),
-            response_bytes=response.ByteSize(),
+            request_bytes=request.nbytes,
+            response_bytes=response.nbytes,
             transfer_ms=max(0.0, round(_ms(round_trip_s) - upstream_ms, 3)),
         )
         return outputs, trace, link

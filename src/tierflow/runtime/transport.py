@@ -1,8 +1,8 @@
-"""The seam between tier services: send a ModelInferRequest to a tier, get its response.
+"""The seam between tier services: send a ModelInfer request to a tier, get its response.
 
 :class:`GrpcTransport` speaks the Open Inference Protocol over gRPC; :class:`InMemoryTransport`
 hands the request to a service object in the same process (tests, simulation), through the
-same wire messages so that serde and byte counts are exercised exactly as on a network.
+same wire bytes so that the codec, serde and byte counts are exercised as on a network.
 Failures surface as :class:`~tierflow.errors.ServiceError` with the gRPC status name.
 """
 
@@ -14,9 +14,10 @@ from typing import Protocol
 
 import grpc
 
-from tierflow.errors import ServiceError
-from tierflow.runtime._proto import grpc_predict_v2_pb2 as pb
+from tierflow.errors import ServiceError, WireError
+from tierflow.runtime import wire
 from tierflow.runtime.security import TlsFiles, bearer_metadata
+from tierflow.runtime.wire import InferRequest, InferResponse
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 DEFAULT_MAX_MESSAGE_BYTES = (
@@ -39,17 +40,15 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 class InferenceHandler(Protocol):
     """What a transport delivers requests to (a :class:`~tierflow.runtime.service.TierService`)."""
 
-    def infer(
-        self, request: pb.ModelInferRequest, *, timeout_s: float | None = None
-    ) -> pb.ModelInferResponse: ...
+    def infer(self, request: InferRequest, *, timeout_s: float | None = None) -> InferResponse: ...
 
 
 class Transport(Protocol):
     """Sends one inference request to the tier at ``address``; ``tier`` names it in errors."""
 
     def infer(
-        self, address: str, request: pb.ModelInferRequest, *, tier: str, timeout_s: float | None
-    ) -> pb.ModelInferResponse: ...
+        self, address: str, request: InferRequest, *, tier: str, timeout_s: float | None
+    ) -> InferResponse: ...
 
     def close(self) -> None: ...
 
@@ -64,15 +63,16 @@ class InMemoryTransport:
         self._handlers[address] = handler
 
     def infer(
-        self, address: str, request: pb.ModelInferRequest, *, tier: str, timeout_s: float | None
-    ) -> pb.ModelInferResponse:
+        self, address: str, request: InferRequest, *, tier: str, timeout_s: float | None
+    ) -> InferResponse:
         handler = self._handlers.get(address)
         if handler is None:
             raise ServiceError("UNAVAILABLE", f"upstream tier {tier!r} at {address} is unreachable")
         # A round trip through bytes, as on a network: no aliasing between tiers.
-        wire = pb.ModelInferRequest.FromString(request.SerializeToString())
-        response = handler.infer(wire, timeout_s=timeout_s)
-        return pb.ModelInferResponse.FromString(response.SerializeToString())
+        response = handler.infer(
+            wire.decode_request(wire.encode_request(request)), timeout_s=timeout_s
+        )
+        return wire.decode_response(wire.encode_response(response))
 
     def close(self) -> None:
         self._handlers.clear()
@@ -106,20 +106,23 @@ class GrpcTransport:
             return self._channels[address]
 
     def infer(
-        self, address: str, request: pb.ModelInferRequest, *, tier: str, timeout_s: float | None
-    ) -> pb.ModelInferResponse:
-        call = self._channel(address).unary_unary(
-            method_path("ModelInfer"),
-            request_serializer=pb.ModelInferRequest.SerializeToString,
-            response_deserializer=pb.ModelInferResponse.FromString,
-        )
+        self, address: str, request: InferRequest, *, tier: str, timeout_s: float | None
+    ) -> InferResponse:
+        # Bytes in, bytes out (no gRPC serializers): the codec runs here, so a malformed
+        # answer is a WireError naming the tier rather than gRPC's "Exception deserializing".
+        call = self._channel(address).unary_unary(method_path("ModelInfer"))
         try:
-            response: pb.ModelInferResponse = call(
-                request, timeout=timeout_s, metadata=self._metadata
+            reply: bytes = call(
+                wire.encode_request(request), timeout=timeout_s, metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise _service_error(error, tier=tier, address=address) from error
-        return response
+        try:
+            return wire.decode_response(reply)
+        except WireError as error:
+            raise ServiceError(
+                "INTERNAL", f"upstream tier {tier!r} at {address} answered malformed bytes: {error}"
+            ) from error
 
     def close(self) -> None:
         with self._lock:
