@@ -5,11 +5,12 @@ from __future__ import annotations
 import tierflow
 
 EXPECTED = {
-    "CaptureError", "Cut", "InfeasiblePlanError", "LayerGraph", "LayerNode", "Link",
-    "ModelSpecError", "Objective", "PartitionError", "Plan", "PlanError", "Prediction",
-    "Profile", "ProfileError", "Segment", "SplitModel", "TensorSpec", "Tier",
-    "TierflowError", "Topology", "TopologyError", "__version__", "capture",
-    "load_topology", "plan", "profile_model", "resolve_model", "run_split", "split", "trace",
+    "ArtifactError", "AsyncClient", "CaptureError", "Client", "Cut", "InfeasiblePlanError",
+    "LayerGraph", "LayerNode", "Link", "ModelSpecError", "Objective", "PartitionError", "Plan",
+    "PlanError", "Prediction", "Profile", "ProfileError", "Result", "Segment", "ServiceError",
+    "SplitModel", "TensorSpec", "TestbedError", "Tier", "TierflowError", "Topology",
+    "TopologyError", "WireError", "__version__", "capture", "connect", "load_topology", "plan",
+    "profile_model", "resolve_model", "run_split", "split", "trace",
 }  # fmt: skip
 
 
