@@ -73,6 +73,7 @@ def random_cost_model(
         up_ms_per_byte=8.0 / (rng.uniform(0.5, 100.0, links) * 1e3),
         down_ms_per_byte=8.0 / (rng.uniform(0.5, 100.0, links) * 1e3),
         rtt_ms=rng.uniform(0.0, 60.0, links),
+        service_ms=rng.uniform(0.0, 5.0, n_tiers),
         link_weight=rng.uniform(0.1, 3.0, links),
         memory_bytes=memory_bytes,
         active_w=float(rng.uniform(0.5, 4.0)) if power else None,

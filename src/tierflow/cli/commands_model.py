@@ -19,6 +19,7 @@ from tierflow.partition import run_split, split_traced
 from tierflow.plan import Plan
 from tierflow.profile.in_tier import profile_in_tier
 from tierflow.profile.onnx_calibration import calibrate_to_onnxruntime
+from tierflow.testbed.cpu import apply_deferred_quota
 from tierflow.topology import load_topology
 
 ModelArg = Annotated[
@@ -101,6 +102,8 @@ def profile(
         )
     else:
         loaded = load_model(model, input_shape=input_shape, weights=weights, leaf=leaf)
+        # Under `tierflow profile --tier`, the tier's CPU quota starts here, after start-up.
+        apply_deferred_quota()
         result = measure_host_profile(
             loaded, runs=runs, warmup=warmup, threads=threads, progress=not json_out
         )

@@ -88,6 +88,7 @@ def serve_command(
     """Serve one tier of a built plan; prints `listening HOST:PORT` once ready."""
     from tierflow.artifacts import load_executors, load_manifest
     from tierflow.runtime.allocator import tune_allocator
+    from tierflow.testbed.cpu import apply_deferred_quota
 
     # This process is ours alone: keep large tensor buffers mapped between requests
     # (halves a relay hop at 10 MB, docs/benchmarks.md "Per-hop overhead").
@@ -140,6 +141,8 @@ def serve_command(
     with _until_signalled() as stop:
         server.start()
         try:
+            # Start-up ran at full speed; the emulated tier speed applies from here on.
+            apply_deferred_quota()
             print(f"listening {server.address}", flush=True)
             _wait(stop)
         finally:

@@ -68,6 +68,7 @@ class CostModel:
     up_ms_per_byte: FloatArray  # [L]
     down_ms_per_byte: FloatArray  # [L]
     rtt_ms: FloatArray  # [L]
+    service_ms: FloatArray  # [T] per-request cost of a tier's service stack when in the path
     link_weight: FloatArray  # [L] weight of the link's bytes in the bytes objective
     memory_bytes: FloatArray  # [T] inf where unlimited
     active_w: float | None  # power of the first tier; None if not given
@@ -132,6 +133,7 @@ def build_cost_model(
     latency_ms: Mapping[str, Mapping[str, float]],
     *,
     constraints: Constraints | None = None,
+    service_ms: Mapping[str, float] | None = None,
 ) -> CostModel:
     """Turn a graph, a topology and per-tier node latencies into a :class:`CostModel`.
 
@@ -139,6 +141,10 @@ def build_cost_model(
     ----------
     latency_ms:
         ``{tier: {node: ms}}`` for every tier and every graph node.
+    service_ms:
+        ``{tier: ms}``: what one request costs a tier's service stack (receiving,
+        decoding, encoding, sending) whenever the tier is on the request's path, as
+        measured on the testbed; 0 where not given.
     """
     constraints = constraints or Constraints()
     names = tuple(n.name for n in graph.nodes)
@@ -203,6 +209,7 @@ def build_cost_model(
         up_ms_per_byte=np.array([8.0 / (link.bandwidth_mbps * 1e3) for link in links]),
         down_ms_per_byte=np.array([8.0 / (link.down_mbps * 1e3) for link in links]),
         rtt_ms=np.array([link.rtt_ms for link in links]),
+        service_ms=np.array([float((service_ms or {}).get(t, 0.0)) for t in tiers]),
         link_weight=np.array([link.weight for link in links]),
         memory_bytes=np.array(
             [np.inf if tier.memory_bytes is None else tier.memory_bytes for tier in topology.tiers]

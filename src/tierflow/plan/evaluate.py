@@ -127,18 +127,22 @@ def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
     used = links < tiers.max() if cost.n_nodes else np.zeros(n_links, dtype=bool)
     up_ms = up * cost.up_ms_per_byte
     down_ms = down * cost.down_ms_per_byte
-    latency = float(compute.sum() + (used * cost.rtt_ms).sum() + up_ms.sum() + down_ms.sum())
+    # Tier l+1 is on the request's path exactly when link l is used; tier 0 always is.
+    service = cost.service_ms * np.concatenate([[True], used])
+    latency = float(
+        compute.sum() + service.sum() + (used * cost.rtt_ms).sum() + up_ms.sum() + down_ms.sum()
+    )
 
     energy: float | None = None
     if cost.has_power:
         assert cost.active_w is not None and cost.idle_w is not None
         assert cost.transmit_w is not None
         radio_ms = float(up_ms[0] + down_ms[0]) if n_links else 0.0
-        busy = float(compute[0]) + radio_ms
-        energy = cost.active_w * compute[0] + cost.transmit_w * radio_ms
+        busy = float(compute[0] + service[0]) + radio_ms
+        energy = cost.active_w * (compute[0] + service[0]) + cost.transmit_w * radio_ms
         energy += cost.idle_w * (latency - busy)  # W · ms = mJ
 
-    stages = np.concatenate([compute, up_ms, down_ms])
+    stages = np.concatenate([compute + service, up_ms, down_ms])
     period = float(stages.max()) if stages.size else 0.0
 
     violations = _violations(cost, tiers, latency)

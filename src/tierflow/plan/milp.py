@@ -88,6 +88,16 @@ class _Program:
     def compute_ms(self, tier: int) -> tuple[FloatArray, float]:
         return self.placed_on(tier, self.cost.compute_ms[:, tier])
 
+    def busy_ms(self, tier: int) -> tuple[FloatArray, float]:
+        """Compute on ``tier`` plus its service cost when it is on the request's path."""
+        coef, const = self.compute_ms(tier)
+        service = float(self.cost.service_ms[tier])
+        if tier == 0:
+            const += service
+        else:  # tier t is on the path exactly when link t-1 is used
+            coef[self.used0 + tier - 1] += service
+        return coef, const
+
     def up_bytes(self, link: int) -> FloatArray:
         coef, _ = self.form()
         coef[self.c(self.producers, link)] = self.cost.out_bytes[self.producers]
@@ -102,7 +112,7 @@ class _Program:
     def latency(self) -> tuple[FloatArray, float]:
         coef, const = self.form()
         for tier in range(self.cost.n_tiers):
-            tier_coef, tier_const = self.compute_ms(tier)
+            tier_coef, tier_const = self.busy_ms(tier)
             coef += tier_coef
             const += tier_const
         for link in range(self.n_links):
@@ -120,7 +130,7 @@ class _Program:
         assert cost.active_w is not None and cost.idle_w is not None
         assert cost.transmit_w is not None
         latency, latency_const = self.latency()
-        compute, compute_const = self.compute_ms(0)
+        compute, compute_const = self.busy_ms(0)
         radio, _ = self.form()
         if self.n_links:
             radio = (
@@ -215,7 +225,7 @@ class _Program:
 
     def add_throughput_rows(self) -> None:
         for tier in range(self.cost.n_tiers):
-            coef, const = self.compute_ms(tier)
+            coef, const = self.busy_ms(tier)
             coef[self.period] = -1.0
             self.add_form(coef, -np.inf, -const)
         for link in range(self.n_links):

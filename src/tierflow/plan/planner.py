@@ -31,6 +31,7 @@ def plan(
     pins: Mapping[str, str] | None = None,
     private_input: bool = False,
     slo_ms: float | None = None,
+    service_ms: Mapping[str, float] | None = None,
     time_limit_s: float | None = None,
 ) -> Plan:
     """Place every layer of ``graph`` on a tier of ``topology``, optimally for the cost model.
@@ -56,6 +57,10 @@ def plan(
         Keep the raw input on the first tier: every layer reading it runs there.
     slo_ms:
         Upper bound on the end-to-end latency of one input.
+    service_ms:
+        ``{tier: ms}`` per-request cost of each tier's service stack when the tier is on
+        the request's path. Defaults to the ``service_ms`` that tier profiles measured on
+        the testbed record in their meta, else 0.
     time_limit_s:
         Stop the solver after this long and return the best placement found (the plan's
         ``solver.status`` then says it may not be optimal).
@@ -81,7 +86,14 @@ def plan(
         graph, topology, host=profile, tier_profiles=dict(tier_profiles or {})
     )
     constraints = Constraints(pins=pins, private_input=private_input, slo_ms=slo_ms)
-    cost = build_cost_model(graph, topology, latency, constraints=constraints)
+    if service_ms is None:
+        service_ms = {
+            tier: float(profile.meta.get("service_ms", 0.0))
+            for tier, profile in (tier_profiles or {}).items()
+        }
+    cost = build_cost_model(
+        graph, topology, latency, constraints=constraints, service_ms=service_ms
+    )
     return plan_cost_model(
         cost,
         graph,

@@ -325,6 +325,7 @@ class Testbed:
                 name=tier.name,
                 limit_threads=self._emulate,
                 stop_timeout_s=_STOP_TIMEOUT_S,
+                defer_until_ready=True,  # `tierflow serve` applies it once ready
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,

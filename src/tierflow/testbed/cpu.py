@@ -145,6 +145,7 @@ def cpu_limited(
     env: Mapping[str, str] | None = None,
     limit_threads: bool = True,
     stop_timeout_s: float = 5.0,
+    defer_until_ready: bool = False,
     **popen: Any,
 ) -> Iterator[LimitedProcess]:
     """Run ``args`` as a child process slowed to ``speed``; clean up on exit.
@@ -155,6 +156,11 @@ def cpu_limited(
     ``stop_timeout_s``), leftover processes in the cgroup are killed, and the cgroup
     is removed. ``limit_threads`` caps OpenMP/BLAS pools at the suggested thread count
     unless ``env`` sets them. Other keyword arguments go to :class:`subprocess.Popen`.
+
+    With ``defer_until_ready`` the cgroup starts without a quota and the child applies it
+    itself by calling :func:`apply_deferred_quota` once it has started up: importing
+    torch and loading a model under a 10% quota would take ten times as long, and start-up
+    is not what the emulation is about.
 
     Examples
     --------
@@ -168,6 +174,9 @@ def cpu_limited(
             child_env.setdefault(key, value)
     reason = _why_unthrottled(quota)
     cgroup = None if reason is not None else _create_cgroup(name, quota)
+    if cgroup is not None and defer_until_ready:
+        (cgroup / "cpu.cfs_quota_us").write_text("-1")
+        child_env[_DEFERRED_QUOTA_ENV] = f"{cgroup / 'cpu.cfs_quota_us'}={quota.quota_us}"
     command = list(args)
     if cgroup is not None:
         # $$ is the shell's pid; exec keeps it, so the command starts inside the cgroup.
@@ -185,6 +194,24 @@ def cpu_limited(
         _stop(process, stop_timeout_s)
         if cgroup is not None:
             _remove_cgroup(cgroup)
+
+
+_DEFERRED_QUOTA_ENV = "TIERFLOW_DEFERRED_CPU_QUOTA"
+
+
+def apply_deferred_quota() -> bool:
+    """Apply the CPU quota a parent deferred for this process (see :func:`cpu_limited`).
+
+    Call it once start-up is over, right before the work being emulated. Returns whether
+    a quota was applied; a process started without a deferred quota is left alone. The
+    variable is removed so that processes this one starts do not apply it again.
+    """
+    setting = os.environ.pop(_DEFERRED_QUOTA_ENV, None)
+    if setting is None:
+        return False
+    path, _, value = setting.rpartition("=")
+    Path(path).write_text(value)
+    return True
 
 
 def _why_unthrottled(quota: CpuQuota) -> str | None:
