@@ -195,6 +195,20 @@ def test_a_call_without_a_deadline_crosses_every_tier(
         client.close()
 
 
+def test_the_entry_metadata_names_the_final_output_computed_upstream(
+    bed: Testbed, artifact: Manifest
+) -> None:
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    client = grpcclient.InferenceServerClient(bed.entry)
+    try:
+        outputs = client.get_model_metadata(bed.model).outputs
+    finally:
+        client.close()
+    final = artifact.segment("cloud").outputs[0]
+    assert [o.name for o in outputs] == [final.name]
+    assert outputs[0].datatype == "FP32"
+
+
 def test_without_emulation_tiers_call_each_other_directly(artifact: Manifest, lenet) -> None:
     _, x, expected = lenet
     with Testbed(three_tiers(), artifact.root, emulate=False) as direct:

@@ -128,7 +128,14 @@ def serve_command(
     transport = None
     if route.upstream is not None:
         transport = GrpcTransport(token=token, tls=tls, max_message_bytes=max_bytes)
-    service = TierService(loaded.model, executors, route=route, transport=transport)
+    specs = {value.name: value.spec for entry in loaded.segments for value in entry.outputs}
+    service = TierService(
+        loaded.model,
+        executors,
+        route=route,
+        transport=transport,
+        output_specs=[specs[name] for name in route.outputs if name in specs],
+    )
     server = TierServer(
         service,
         host=host,

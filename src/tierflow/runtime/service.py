@@ -65,12 +65,16 @@ class TierService:
         *,
         route: Route,
         transport: Transport | None = None,
+        output_specs: Sequence[IOSpec] = (),
     ) -> None:
         if route.upstream is not None and transport is None:
             raise ValueError(f"tier {route.tier!r} has an upstream but no transport")
         self.model = model
         self.route = route
         self.executors = tuple(executors)
+        # Specs of the model's final outputs where they are known even though an upstream
+        # tier computes them (from the build manifest), so the entry's metadata is complete.
+        self.output_specs = tuple(output_specs)
         self.transport = transport
         # Executors need not be thread-safe (ONNX Runtime sessions are, PyTorch modules
         # with state may not be): one request computes at a time, the wait is `queue_ms`.
@@ -92,6 +96,8 @@ class TierService:
 
     @property
     def outputs(self) -> tuple[IOSpec, ...]:
+        if self.output_specs:
+            return self.output_specs
         specs = [spec for executor in self.executors for spec in executor.outputs]
         if self.route.outputs:
             return tuple(spec for spec in specs if spec.name in self.route.outputs)
