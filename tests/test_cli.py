@@ -103,6 +103,27 @@ def test_sweep_writes_the_figure_and_json_per_point(tmp_path: Path):
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_time_limit_reaches_the_planner(monkeypatch):
+    import tierflow.cli.commands_plan as commands_plan
+
+    seen: list[float | None] = []
+    real_plan = commands_plan.make_plan
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("time_limit_s"))
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(commands_plan, "make_plan", spy)
+    result = runner.invoke(
+        app,
+        ["plan", "zoo:lenet", "--topology", str(THREE_TIERS), "--runs", "2", "--json",
+         "--time-limit-s", "30"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen == [30.0]
+    assert json.loads(result.stdout)["solver"]["status"] == "optimal"
+
+
 def test_set_override_changes_the_topology_the_plan_sees():
     result = runner.invoke(
         app,

@@ -52,6 +52,7 @@ def planner_for(
     private_input: bool,
     slo_ms: float | None,
     base_dir: Path,
+    time_limit_s: float | None = None,
 ) -> Callable[[Topology], Plan]:
     def run(topology: Topology) -> Plan:
         return make_plan(
@@ -63,6 +64,7 @@ def planner_for(
             pins=pins,
             private_input=private_input,
             slo_ms=slo_ms,
+            time_limit_s=time_limit_s,
         )
 
     return run
@@ -90,6 +92,10 @@ def plan(
         bool, typer.Option("--private-input", help="The raw input never leaves the first tier")
     ] = False,
     slo_ms: Annotated[float | None, typer.Option(help="End-to-end latency bound (ms)")] = None,
+    time_limit_s: Annotated[
+        float | None,
+        typer.Option(help="Stop the solver after this long; the plan then says if unproven"),
+    ] = None,
     sweep_spec: Annotated[
         str | None,
         typer.Option("--sweep", help='Plan across values: "links.1.bandwidth_mbps=0.5,1,2,5"'),
@@ -136,6 +142,7 @@ def plan(
         private_input=private_input,
         slo_ms=slo_ms,
         base_dir=topology.parent,
+        time_limit_s=time_limit_s,
     )
     if sweep_spec is not None:
         spec = SweepSpec.parse(sweep_spec)
