@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tierflow.profile.in_tier import Executor, profile_in_tier
+from tierflow.profile.in_tier import ProfiledExecutor, profile_in_tier
 from tierflow.profile.profile import Profile
 from tierflow.topology.schema import Topology
 
@@ -27,7 +27,7 @@ def tier_profiles(
     topology: Topology,
     *,
     cache_dir: Path,
-    executor: Executor = "onnx",
+    executor: ProfiledExecutor = "onnx",
     runs: int = 10,
     input_shape: str | None = None,
     on_tier: Callable[[str, bool], None] | None = None,

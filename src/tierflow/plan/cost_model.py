@@ -102,13 +102,17 @@ class CostModel:
         allowed = self.allowed & mask
         return _replace(self, allowed=allowed)
 
-    def without_constraints(self) -> CostModel:
-        """The instance with no pins, privacy, memory or SLO constraint."""
+    def inputs_pinned_only(self) -> BoolArray:
+        """The ``allowed`` matrix without pins: only model inputs stay on the first tier."""
         allowed = np.ones_like(self.allowed)
         allowed[self.input_nodes, 1:] = False
+        return allowed
+
+    def without_constraints(self) -> CostModel:
+        """The instance with no pins, privacy, memory or SLO constraint."""
         return _replace(
             self,
-            allowed=allowed,
+            allowed=self.inputs_pinned_only(),
             private_nodes=np.zeros(0, dtype=np.int64),
             memory_bytes=np.full(self.n_tiers, np.inf),
             slo_ms=None,

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tierflow.errors import InfeasiblePlanError
-from tierflow.plan.cost_model import BoolArray, CostModel, _replace
+from tierflow.plan.cost_model import CostModel, _replace
 from tierflow.plan.milp import solve
 from tierflow.plan.objective import Objective
 
@@ -22,7 +22,7 @@ def explain_infeasible(cost: CostModel, objective: Objective) -> str:
         "the latency SLO": {"slo_ms": None},
         "tier memory limits": {"memory_bytes": np.full(cost.n_tiers, np.inf)},
         "--private-input": {"private_nodes": np.zeros(0, dtype=np.int64)},
-        "pinned nodes": {"allowed": _inputs_only(cost)},
+        "pinned nodes": {"allowed": cost.inputs_pinned_only()},
     }
     culprits = []
     for label, change in relaxations.items():
@@ -51,13 +51,7 @@ def _is_active(cost: CostModel, label: str) -> bool:
         return bool(np.isfinite(cost.memory_bytes).any())
     if label == "--private-input":
         return len(cost.private_nodes) > 0
-    return not np.array_equal(cost.allowed, _inputs_only(cost))
-
-
-def _inputs_only(cost: CostModel) -> BoolArray:
-    allowed = np.ones_like(cost.allowed)
-    allowed[cost.input_nodes, 1:] = False
-    return allowed
+    return not np.array_equal(cost.allowed, cost.inputs_pinned_only())
 
 
 def _memory_detail(cost: CostModel) -> str:

@@ -34,7 +34,7 @@ from tierflow.profile.profile import Profile
 from tierflow.testbed.cpu import CpuQuota, cpu_limited
 from tierflow.topology.schema import Topology
 
-Executor = Literal["torch", "onnx"]
+ProfiledExecutor = Literal["torch", "onnx"]  # what the node times are calibrated to
 
 
 def _profile_child(
@@ -105,7 +105,7 @@ def profile_in_tier(
     topology: Topology,
     tier: str,
     *,
-    executor: Executor = "onnx",
+    executor: ProfiledExecutor = "onnx",
     runs: int = 15,
     warmup: int = 3,
     input_shape: str | None = None,

@@ -15,10 +15,9 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,16 +26,11 @@ from torch import nn
 from tierflow.errors import ProfileError
 from tierflow.profile.profile import Profile
 
-ONNX_OPSET = 17
 
-
-def _median_ms(action: Any, runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        action()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+def _elapsed_ms(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
 
 
 def calibrate_to_onnxruntime(
@@ -55,6 +49,8 @@ def calibrate_to_onnxruntime(
     both medians and the scale (``executor: onnxruntime``).
     """
     import onnxruntime as ort  # imported here: only calibration and executors need it
+
+    from tierflow.artifacts.build import ONNX_OPSET  # the opset tier artifacts are built with
 
     inputs = tuple(example_inputs)
     with tempfile.TemporaryDirectory() as folder:
@@ -95,8 +91,8 @@ def calibrate_to_onnxruntime(
             onnx_ms: list[float] = []
             torch_ms: list[float] = []
             for _ in range(runs):  # interleaved, so machine noise hits both alike
-                onnx_ms.append(_median_ms(lambda: session.run(None, feeds), 1))
-                torch_ms.append(_median_ms(lambda: model(*inputs), 1))
+                onnx_ms.append(_elapsed_ms(lambda: session.run(None, feeds)))
+                torch_ms.append(_elapsed_ms(lambda: model(*inputs)))
     finally:
         torch.set_num_threads(previous)
     onnx_whole = statistics.median(onnx_ms)

@@ -65,12 +65,22 @@ def _error(error: grpc.RpcError | grpc.aio.AioRpcError, address: str) -> Service
 
 
 class _Endpoint:
-    """What both clients share: the model, its inputs and request building."""
+    """What both clients share: the model, its inputs, credentials and request building."""
 
-    def __init__(self, address: str, model: str, inputs: tuple[IOSpec, ...]) -> None:
+    def __init__(
+        self,
+        address: str,
+        model: str,
+        inputs: tuple[IOSpec, ...],
+        *,
+        token: str | None,
+        timeout_s: float,
+    ) -> None:
         self.address = address
         self.model = model
         self.inputs = inputs
+        self._metadata = bearer_metadata(token)
+        self.timeout_s = timeout_s
 
     def request(self, x: Inputs) -> bytes:
         """The encoded ModelInfer request for ``x`` (the tensors' one copy, into bytes)."""
@@ -95,10 +105,8 @@ class Client(_Endpoint):
         token: str | None,
         timeout_s: float,
     ) -> None:
-        super().__init__(address, model, inputs)
+        super().__init__(address, model, inputs, token=token, timeout_s=timeout_s)
         self._channel = channel
-        self._metadata = bearer_metadata(token)
-        self.timeout_s = timeout_s
         # Bytes in, bytes out: the codec runs in `request` and `_result`.
         self._infer = channel.unary_unary(method_path("ModelInfer"))
 
@@ -208,10 +216,8 @@ class AsyncClient(_Endpoint):
         token: str | None,
         timeout_s: float,
     ) -> None:
-        super().__init__(address, model, inputs)
+        super().__init__(address, model, inputs, token=token, timeout_s=timeout_s)
         self._channel = channel
-        self._metadata = bearer_metadata(token)
-        self.timeout_s = timeout_s
 
     @classmethod
     async def connect(

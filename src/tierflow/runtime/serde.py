@@ -117,6 +117,25 @@ def string_parameters(source: MessageMap[str, pb.InferParameter]) -> dict[str, s
     }
 
 
+def _add_tensors(specs: Any, tensors: Mapping[str, NDArray[np.generic]]) -> tuple[memoryview, ...]:
+    """Describe each tensor in ``specs`` (a header's inputs or outputs); return its bytes."""
+    raw = []
+    for name, array in tensors.items():
+        datatype, shape, data = _encode(name, np.asarray(array))
+        specs.add(name=name, datatype=datatype, shape=shape)
+        raw.append(data)
+    return tuple(raw)
+
+
+def _read_tensors(what: str, specs: Any, raw: Sequence[memoryview]) -> TensorMap:
+    """Named read-only views of ``raw``, as ``specs`` describe them; WireError if malformed."""
+    _check_raw_count(what, len(specs), len(raw))
+    return {
+        spec.name: _decode(spec.name, spec.datatype, spec.shape, data)
+        for spec, data in zip(specs, raw, strict=True)
+    }
+
+
 def request_from_tensors(
     model: str,
     tensors: Mapping[str, NDArray[np.generic]],
@@ -126,23 +145,14 @@ def request_from_tensors(
 ) -> InferRequest:
     """A ModelInfer request carrying ``tensors`` as raw little-endian bytes (not copied)."""
     header = pb.ModelInferRequest(model_name=model, id=request_id)
-    raw = []
-    for name, array in tensors.items():
-        datatype, shape, data = _encode(name, np.asarray(array))
-        header.inputs.add(name=name, datatype=datatype, shape=shape)
-        raw.append(data)
+    raw = _add_tensors(header.inputs, tensors)
     set_string_parameters(header.parameters, parameters or {})
-    return InferRequest(header, tuple(raw))
+    return InferRequest(header, raw)
 
 
 def tensors_from_request(request: InferRequest) -> TensorMap:
     """The request's input tensors as read-only numpy views; WireError if malformed."""
-    inputs = request.header.inputs
-    _check_raw_count("request", len(inputs), len(request.raw))
-    tensors: TensorMap = {}
-    for spec, raw in zip(inputs, request.raw, strict=True):
-        tensors[spec.name] = _decode(spec.name, spec.datatype, spec.shape, raw)
-    return tensors
+    return _read_tensors("request", request.header.inputs, request.raw)
 
 
 def response_from_tensors(
@@ -154,23 +164,14 @@ def response_from_tensors(
 ) -> InferResponse:
     """A ModelInfer response carrying ``tensors`` as raw little-endian bytes (not copied)."""
     header = pb.ModelInferResponse(model_name=model, id=request_id)
-    raw = []
-    for name, array in tensors.items():
-        datatype, shape, data = _encode(name, np.asarray(array))
-        header.outputs.add(name=name, datatype=datatype, shape=shape)
-        raw.append(data)
+    raw = _add_tensors(header.outputs, tensors)
     set_string_parameters(header.parameters, parameters or {})
-    return InferResponse(header, tuple(raw))
+    return InferResponse(header, raw)
 
 
 def tensors_from_response(response: InferResponse) -> TensorMap:
     """The response's output tensors as read-only numpy views; WireError if malformed."""
-    outputs = response.header.outputs
-    _check_raw_count("response", len(outputs), len(response.raw))
-    tensors: TensorMap = {}
-    for spec, raw in zip(outputs, response.raw, strict=True):
-        tensors[spec.name] = _decode(spec.name, spec.datatype, spec.shape, raw)
-    return tensors
+    return _read_tensors("response", response.header.outputs, response.raw)
 
 
 def metadata_from_specs(
