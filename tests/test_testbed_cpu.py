@@ -98,6 +98,7 @@ def test_thread_pools_are_capped_at_the_suggested_thread_count() -> None:
     assert out.decode().strip() == "1"
 
 
+@pytest.mark.serial
 @needs_cgroup
 def test_a_quarter_speed_tier_takes_four_times_as_long() -> None:
     # The reference is the work's CPU time per core: how long it takes on this host when

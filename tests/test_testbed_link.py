@@ -118,6 +118,7 @@ def test_jitter_never_reorders_bytes_of_a_connection() -> None:
 # --- accuracy (the acceptance criterion) --------------------------------------------------
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("rtt_ms", [10.0, 50.0])
 def test_added_round_trip_matches_rtt_within_2_ms(rtt_ms: float) -> None:
     with serve("echo") as echo:
@@ -127,6 +128,7 @@ def test_added_round_trip_matches_rtt_within_2_ms(rtt_ms: float) -> None:
     assert (via_link_s - direct_s) * 1e3 == pytest.approx(rtt_ms, abs=2.0)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize(("bandwidth_mbps", "size_bytes"), [(20.0, 2_500_000), (80.0, 5_000_000)])
 def test_goodput_matches_bandwidth_within_10_percent(
     bandwidth_mbps: float, size_bytes: int
