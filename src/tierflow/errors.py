@@ -15,6 +15,12 @@ tierflow's source.
 ``ServiceError``       a tier service refuses or fails a request; carries a gRPC status
 ``ArtifactError``      a segment cannot be built, or an artifact is missing, tampered or malformed
 ``TestbedError``       the local testbed cannot emulate a link or tier as asked
+``DatasetError``       a dataset spec, file or array is invalid
+``TrainingError``      training cannot start or resume (checkpoint, settings)
+``ExitError``          an exit head, policy, threshold or exit statistics file is invalid
+``FusionError``        multi-device fusion is misconfigured (views, devices, fusion mode)
+``CodecError``         an activation codec payload is malformed or a codec misconfigured
+``CompressionError``   a model or segment cannot be compressed as asked
 =====================  ==============================================================
 """
 
@@ -77,3 +83,27 @@ class ServiceError(TierflowError):
     def __init__(self, status: str, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class DatasetError(TierflowError):
+    """A dataset spec, file or array is invalid (names the file, field or array)."""
+
+
+class TrainingError(TierflowError):
+    """Training cannot start or resume: bad settings, or a checkpoint that does not match."""
+
+
+class ExitError(TierflowError):
+    """An exit head, exit policy, threshold or exit statistics document is invalid."""
+
+
+class FusionError(TierflowError):
+    """Multi-device fusion is misconfigured: views, devices or fusion mode."""
+
+
+class CodecError(TierflowError):
+    """An activation codec is misconfigured or its payload is malformed."""
+
+
+class CompressionError(TierflowError):
+    """A model or segment cannot be compressed as asked (pruning, quantisation)."""

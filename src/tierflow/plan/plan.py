@@ -15,6 +15,7 @@ from typing import Any
 from tierflow.documents import parse_json_object, read_json_object
 from tierflow.errors import PlanError
 from tierflow.plan.evaluate import Prediction
+from tierflow.plan.exit_options import PlannedExit
 
 PLAN_FORMAT_VERSION = 1
 
@@ -65,6 +66,13 @@ class Plan:
         The constraints the plan satisfies (private input, pins, SLO, tier memory).
     solver:
         How the plan was found (status, solve time, problem size).
+    exits:
+        Early exits kept active, lowest first (empty for a plan without exits). With
+        exits, ``predicted`` is the *expected* cost over inputs (validation exit rates).
+    worst_case:
+        With exits: the cost of an input that no exit answers; ``None`` without exits.
+    accuracy:
+        With exits: the expected accuracy in [0, 1] (validation data); else ``None``.
     """
 
     model: str
@@ -78,6 +86,9 @@ class Plan:
     tracer: str = "fx"
     constraints: Mapping[str, Any] = field(default_factory=dict)
     solver: Mapping[str, Any] = field(default_factory=dict)
+    exits: tuple[PlannedExit, ...] = ()
+    worst_case: Prediction | None = None
+    accuracy: float | None = None
 
     def __post_init__(self) -> None:
         if not self.tiers:
@@ -89,6 +100,14 @@ class Plan:
         for cut in self.cuts:
             if cut.link not in links:
                 raise PlanError(f"plan cut names unknown link {cut.link!r}")
+        for index, planned in enumerate(self.exits):
+            if planned.tier not in self.tiers:
+                raise PlanError(f"plan exits.{index}: unknown tier {planned.tier!r}")
+            if self.assignment and self.assignment.get(planned.node) != planned.tier:
+                raise PlanError(
+                    f"plan exits.{index}: exit {planned.name!r} reads node {planned.node!r},"
+                    f" which runs on {self.assignment.get(planned.node)!r}, not {planned.tier!r}"
+                )
 
     def segments(self) -> dict[str, list[str]]:
         """Nodes per tier, in tier order (tiers without nodes are omitted)."""
@@ -117,6 +136,9 @@ class Plan:
             "baselines": {name: b.to_dict() for name, b in self.baselines.items()},
             "constraints": dict(self.constraints),
             "solver": dict(self.solver),
+            "exits": [planned.to_dict() for planned in self.exits],
+            "worst_case": None if self.worst_case is None else self.worst_case.to_dict(),
+            "accuracy": self.accuracy,
         }
 
     def to_json(self) -> str:
@@ -154,6 +176,13 @@ class Plan:
                 tracer=str(data.get("tracer", "fx")),
                 constraints=dict(data.get("constraints", {})),
                 solver=dict(data.get("solver", {})),
+                exits=tuple(PlannedExit.from_dict(e) for e in data.get("exits", ())),
+                worst_case=(
+                    None
+                    if data.get("worst_case") is None
+                    else Prediction.from_dict(data["worst_case"])
+                ),
+                accuracy=None if data.get("accuracy") is None else float(data["accuracy"]),
             )
         except KeyError as exc:
             raise PlanError(f"{source}: missing field {exc.args[0]!r}") from None
