@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from tierflow.cli.app import app, console, reports_errors
 from tierflow.cli.commands_model import (
@@ -31,6 +32,8 @@ from tierflow.errors import TopologyError
 from tierflow.measure.plots import plot_sweep
 from tierflow.plan import Plan
 from tierflow.plan import plan as make_plan
+from tierflow.plan.exit_options import ExitOptions
+from tierflow.plan.exit_planner import plan_with_exits
 from tierflow.plan.sweep import SweepSpec, sweep, sweep_to_dict
 from tierflow.profile import Profile
 from tierflow.topology import Topology, apply_overrides, topology_from_dict
@@ -53,8 +56,26 @@ def planner_for(
     slo_ms: float | None,
     base_dir: Path,
     time_limit_s: float | None = None,
+    exits: ExitOptions | None = None,
+    latency_target_ms: float | None = None,
+    max_accuracy_drop_pp: float | None = None,
 ) -> Callable[[Topology], Plan]:
     def run(topology: Topology) -> Plan:
+        if exits is not None:
+            return plan_with_exits(
+                loaded.graph,
+                resolve_profile_paths(topology, base_dir),
+                exits,
+                profile=host,
+                tier_profiles=tier_profiles,
+                objective=objective,
+                latency_target_ms=latency_target_ms,
+                max_accuracy_drop_pp=max_accuracy_drop_pp,
+                pins=pins,
+                private_input=private_input,
+                slo_ms=slo_ms,
+                time_limit_s=time_limit_s,
+            )
         return make_plan(
             loaded.graph,
             resolve_profile_paths(topology, base_dir),
@@ -96,6 +117,26 @@ def plan(
         float | None,
         typer.Option(help="Stop the solver after this long; the plan then says if unproven"),
     ] = None,
+    exits: Annotated[
+        Path | None,
+        typer.Option(
+            help="exits.json of a trained exit model: choose the exit setting and the "
+            "placement together, minimising the expected cost"
+        ),
+    ] = None,
+    latency_target_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="With --exits: the most accurate setting whose expected latency meets this"
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="With --exits: only settings within this many accuracy points (pp) of the "
+            "final classifier"
+        ),
+    ] = None,
     sweep_spec: Annotated[
         str | None,
         typer.Option("--sweep", help='Plan across values: "links.1.bandwidth_mbps=0.5,1,2,5"'),
@@ -116,6 +157,14 @@ def plan(
     leaf: Leaf = [],  # noqa: B006
 ) -> None:
     """Find the optimal placement of MODEL's layers on the tiers of a topology."""
+    if exits is None:
+        for given, hint in (
+            (latency_target_ms, "--latency-target-ms"),
+            (max_accuracy_drop, "--max-accuracy-drop"),
+        ):
+            if given is not None:
+                raise typer.BadParameter(f"{hint} needs --exits", param_hint=hint)
+    exit_options = None if exits is None else ExitOptions.load(exits)
     raw = read_raw_topology(topology, set_)
     the_topology = topology_from_dict(raw, source=str(topology))
     loaded = load_model(
@@ -143,6 +192,9 @@ def plan(
         slo_ms=slo_ms,
         base_dir=topology.parent,
         time_limit_s=time_limit_s,
+        exits=exit_options,
+        latency_target_ms=latency_target_ms,
+        max_accuracy_drop_pp=max_accuracy_drop,
     )
     if sweep_spec is not None:
         spec = SweepSpec.parse(sweep_spec)
@@ -156,6 +208,7 @@ def plan(
             console.rule(f"{spec.path} = {point.value:g}")
             for table in plan_tables(point.plan):
                 console.print(table)
+            _print_exits(point.plan)
         if plot is not None:
             console.print(f"sweep figure written to {plot}")
         return
@@ -169,5 +222,50 @@ def plan(
         return
     for table in plan_tables(result):
         console.print(table)
+    _print_exits(result)
     if out is not None:
         console.print(f"plan written to {out}")
+
+
+def _print_exits(plan: Plan) -> None:
+    """With exits: which are active where, expected vs worst-case cost, and accuracy."""
+    if plan.worst_case is None:
+        return
+    if plan.exits:
+        table = Table(title=f"early exits ({len(plan.exits)} active)")
+        for column in ("exit", "node", "tier", "policy", "threshold", "exit rate"):
+            table.add_column(
+                column, justify="right" if column in {"threshold", "exit rate"} else "left"
+            )
+        for planned in plan.exits:
+            table.add_row(
+                planned.name,
+                planned.node,
+                planned.tier,
+                planned.policy,
+                f"{planned.threshold:g}",
+                f"{planned.exit_rate:.1%}",
+            )
+        console.print(table)
+    else:
+        console.print("early exits: none active (no setting beats the backbone alone)")
+    costs = Table(title="cost per input with exits")
+    for column in ("", "latency ms", "energy mJ", "bytes", "throughput rps"):
+        costs.add_column(column, justify="left" if not column else "right")
+    rows = [("expected", plan.predicted), ("worst case (no exit answers)", plan.worst_case)]
+    for name, p in rows:
+        costs.add_row(
+            name,
+            f"{p.latency_ms:.2f}",
+            "-" if p.energy_mj is None else f"{p.energy_mj:.1f}",
+            f"{sum(p.bytes_per_link.values()):.0f}",
+            f"{p.throughput_rps:.1f}",
+        )
+    unaware = plan.solver.get("exit_unaware")
+    if isinstance(unaware, dict):
+        costs.add_row(
+            "expected, placement ignoring exits", f"{unaware['latency_ms']:.2f}", "", "", ""
+        )
+    console.print(costs)
+    if plan.accuracy is not None:
+        console.print(f"expected accuracy: {plan.accuracy:.2%}")

@@ -2,6 +2,7 @@
 
 from tierflow.plan.cost_model import Constraints, CostModel, build_cost_model
 from tierflow.plan.evaluate import Prediction, evaluate
+from tierflow.plan.exit_planner import exit_unaware_plan, plan_with_exits
 from tierflow.plan.objective import CRITERIA, Objective
 from tierflow.plan.plan import PLAN_FORMAT_VERSION, BaselineResult, Cut, Plan
 from tierflow.plan.planner import plan, plan_cost_model
@@ -18,6 +19,8 @@ __all__ = [
     "Prediction",
     "build_cost_model",
     "evaluate",
+    "exit_unaware_plan",
     "plan",
     "plan_cost_model",
+    "plan_with_exits",
 ]

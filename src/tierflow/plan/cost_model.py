@@ -8,7 +8,7 @@ formulas are in docs/concepts.md ("Cost model").
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,12 @@ class CostModel:
     """Arrays describing one planning instance; node order is topological.
 
     ``N`` nodes, ``T`` tiers, ``L = T - 1`` links; link ``l`` joins tier ``l`` and ``l+1``.
+
+    The last four fields describe early exits (docs/concepts.md, "Early exits in the cost
+    model"); their defaults (every node reached, no exit) give the cost of one input. With
+    them, every cost is the *expectation* over inputs: ``reach[n]`` is the probability that
+    an input reaches node ``n``, and the active exits' heads are already folded into their
+    attach nodes' ``compute_ms``.
     """
 
     node_names: tuple[str, ...]
@@ -75,6 +81,10 @@ class CostModel:
     idle_w: float | None
     transmit_w: float | None
     slo_ms: float | None
+    reach: FloatArray | None = None  # [N] probability an input reaches node n; None: all 1
+    exit_nodes: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [X]
+    exit_rates: FloatArray = field(default_factory=lambda: np.zeros(0))  # [X] answered there
+    exit_out_bytes: FloatArray = field(default_factory=lambda: np.zeros(0))  # [X] logits
 
     @property
     def n_nodes(self) -> int:
@@ -87,6 +97,16 @@ class CostModel:
     @property
     def has_power(self) -> bool:
         return self.active_w is not None
+
+    @property
+    def expected(self) -> bool:
+        """Whether costs are expectations over early exits rather than one full input."""
+        return self.reach is not None or len(self.exit_nodes) > 0
+
+    @property
+    def node_reach(self) -> FloatArray:
+        """``reach``, with 1 for every node when no exit is active."""
+        return np.ones(self.n_nodes) if self.reach is None else self.reach
 
     def consumers(self) -> list[IntArray]:
         """Consumers of every node (indices), from the edge list."""

@@ -13,13 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from tierflow.plan.cost_model import BYTES_PER_MB, CostModel, IntArray
+from tierflow.plan.cost_model import BYTES_PER_MB, CostModel, FloatArray, IntArray
 from tierflow.plan.objective import Objective
 
 
 @dataclass(frozen=True)
 class Prediction:
     """Predicted cost of one assignment for one input.
+
+    When the cost model has early exits (:attr:`CostModel.expected`), every figure is the
+    expectation over inputs, and the throughput is that of the expected busy times.
 
     Attributes
     ----------
@@ -106,29 +109,39 @@ def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
     """Predict the cost of running node ``i`` on tier ``tiers[i]`` for every node.
 
     ``tiers`` must send data only upward (producers never above consumers); anything
-    else is not a valid placement and raises ``ValueError``.
+    else is not a valid placement and raises ``ValueError``. With early exits in ``cost``
+    the result is the expected cost over inputs.
     """
     tiers = np.asarray(tiers, dtype=np.int64)
     n_links = cost.n_tiers - 1
     if np.any(tiers[cost.edge_src] > tiers[cost.edge_dst]):
         raise ValueError("assignment sends data down the tier order")
 
-    compute = np.bincount(
-        tiers, weights=cost.compute_ms[np.arange(cost.n_nodes), tiers], minlength=cost.n_tiers
-    )
-    # A value crosses every link between its producer and its highest consumer, once.
-    highest_user = tiers.copy()
-    np.maximum.at(highest_user, cost.edge_src, tiers[cost.edge_dst])
-    links = np.arange(n_links)
-    crosses = (tiers[:, None] <= links) & (highest_user[:, None] > links)  # [N, L]
-    up = cost.out_bytes @ crosses
-    returns = tiers[cost.output_nodes, None] > links  # outputs travel back down
-    down = cost.out_bytes[cost.output_nodes] @ returns
-    used = links < tiers.max() if cost.n_nodes else np.zeros(n_links, dtype=bool)
+    if cost.expected:
+        compute, up, down, used = _expected_flows(cost, tiers)
+    else:
+        compute = np.asarray(
+            np.bincount(
+                tiers,
+                weights=cost.compute_ms[np.arange(cost.n_nodes), tiers],
+                minlength=cost.n_tiers,
+            ),
+            dtype=np.float64,
+        )
+        # A value crosses every link between its producer and its highest consumer, once.
+        highest_user = tiers.copy()
+        np.maximum.at(highest_user, cost.edge_src, tiers[cost.edge_dst])
+        links = np.arange(n_links)
+        crosses = (tiers[:, None] <= links) & (highest_user[:, None] > links)  # [N, L]
+        up = cost.out_bytes @ crosses
+        returns = tiers[cost.output_nodes, None] > links  # outputs travel back down
+        down = cost.out_bytes[cost.output_nodes] @ returns
+        top = tiers.max() if cost.n_nodes else 0
+        used = (links < top).astype(np.float64)
     up_ms = up * cost.up_ms_per_byte
     down_ms = down * cost.down_ms_per_byte
     # Tier l+1 is on the request's path exactly when link l is used; tier 0 always is.
-    service = cost.service_ms * np.concatenate([[True], used])
+    service = cost.service_ms * np.concatenate([[1.0], used])
     latency = float(
         compute.sum() + service.sum() + (used * cost.rtt_ms).sum() + up_ms.sum() + down_ms.sum()
     )
@@ -156,6 +169,39 @@ def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
         feasible=not violations,
         violations=tuple(violations),
     )
+
+
+def _expected_flows(cost: CostModel, tiers: IntArray) -> tuple[FloatArray, ...]:
+    """Expected compute per tier, bytes up and down per link, and P(link used).
+
+    Reach events are nested for exits at articulation nodes, so the probability that any
+    of several nodes is reached is the largest of their reaches (docs/concepts.md, "Early
+    exits in the cost model").
+    """
+    reach = cost.node_reach
+    links = np.arange(cost.n_tiers - 1)
+    compute = np.asarray(
+        np.bincount(
+            tiers,
+            weights=reach * cost.compute_ms[np.arange(cost.n_nodes), tiers],
+            minlength=cost.n_tiers,
+        ),
+        dtype=np.float64,
+    )
+    # u's value crosses link l with the largest reach of its consumers above l.
+    above = tiers[cost.edge_dst, None] > links  # [E, L]
+    consumer_reach = np.where(above, reach[cost.edge_dst, None], 0.0)
+    crossing = np.zeros((cost.n_nodes, len(links)))
+    np.maximum.at(crossing, cost.edge_src, consumer_reach)
+    crossing *= tiers[:, None] <= links
+    up = cost.out_bytes @ crossing
+    outputs = cost.output_nodes
+    down = (cost.out_bytes[outputs] * reach[outputs]) @ (tiers[outputs, None] > links)
+    exits = cost.exit_nodes
+    down = down + (cost.exit_out_bytes * cost.exit_rates) @ (tiers[exits, None] > links)
+    # An input goes above link l when it reaches any node there.
+    used = np.where(tiers[:, None] > links, reach[:, None], 0.0).max(axis=0, initial=0.0)
+    return compute, up, down, used
 
 
 def _violations(cost: CostModel, tiers: IntArray, latency_ms: float) -> list[str]:

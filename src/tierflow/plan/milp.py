@@ -9,6 +9,10 @@ generalisation of the s-t min cut that DADS solves for two tiers. A continuous
 however many consumers sit above it. With the latency, bytes or throughput objective
 and no memory constraint the LP relaxation is already integral, so HiGHS solves large
 graphs at LP speed; memory and SLO rows make it a true MILP.
+
+With early exits the costs are expectations: compute is weighted by each node's reach,
+and every crossing and "used" indicator is split into reach levels with positive
+weights (:mod:`tierflow.plan.expected_terms`), which keeps the same structure.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from scipy.sparse import coo_array
 
 from tierflow.errors import InfeasiblePlanError, PlanError
 from tierflow.plan.cost_model import BYTES_PER_MB, CostModel, FloatArray, IntArray
+from tierflow.plan.expected_terms import Terms, expected_terms, members
 from tierflow.plan.objective import Objective
 
 # HiGHS's default relative MIP gap (1e-4) would let it stop short of the optimum; the
@@ -45,18 +50,37 @@ class _Program:
         self.objective = objective
         n, links = cost.n_nodes, cost.n_tiers - 1
         self.n_links = links
+        self.reach = cost.node_reach
         self.users = np.bincount(cost.edge_src, minlength=n)
         self.producers = np.flatnonzero(self.users > 0)  # values that may cross a link
         self.sinks = np.flatnonzero(self.users == 0)
         self.limited = np.flatnonzero(np.isfinite(cost.memory_bytes))
+        if cost.expected:
+            crossings, levels = expected_terms(cost, self.reach)
+        else:  # one crossing per value and one "used" per link, with weight 1
+            c_index = np.full(n, -1, dtype=np.int64)
+            c_index[self.producers] = np.arange(len(self.producers))
+            crossings = Terms(
+                self.producers,
+                np.ones(len(self.producers)),
+                c_index[cost.edge_src],
+                cost.edge_src,
+                cost.edge_dst,
+            )
+            levels = Terms(
+                np.zeros(1, dtype=np.int64),
+                np.ones(1),
+                np.zeros(len(self.sinks), dtype=np.int64),
+                self.sinks,
+                self.sinks,
+            )
+        self.crossings, self.levels = crossings, levels
         self.z0 = 0
         self.c0 = self.z0 + n * links
-        self.used0 = self.c0 + len(self.producers) * links
-        self.peak0 = self.used0 + links
+        self.used0 = self.c0 + len(crossings.weight) * links
+        self.peak0 = self.used0 + len(levels.weight) * links
         self.period = self.peak0 + len(self.limited)
         self.size = self.period + 1
-        self.c_index = np.full(n, -1, dtype=np.int64)
-        self.c_index[self.producers] = np.arange(len(self.producers))
         self.rows: list[tuple[IntArray, IntArray, FloatArray]] = []
         self.lower: list[FloatArray] = []
         self.upper: list[FloatArray] = []
@@ -66,8 +90,16 @@ class _Program:
     def z(self, nodes: IntArray | int, link: IntArray | int) -> IntArray:
         return np.asarray(self.z0 + np.asarray(nodes) * self.n_links + np.asarray(link))
 
-    def c(self, nodes: IntArray, link: int) -> IntArray:
-        return np.asarray(self.c0 + self.c_index[nodes] * self.n_links + link)
+    def c(self, terms: IntArray, link: int) -> IntArray:
+        return np.asarray(self.c0 + np.asarray(terms) * self.n_links + link)
+
+    def used(self, levels: IntArray | int, link: int) -> IntArray:
+        return np.asarray(self.used0 + np.asarray(levels) * self.n_links + link)
+
+    def add_used(self, coef: FloatArray, link: int, weight: float) -> None:
+        """Add ``weight · P(link used)`` to ``coef``: Σ_j Δλ_j · used[j, link]."""
+        levels = np.arange(len(self.levels.weight))
+        coef[self.used(levels, link)] += weight * self.levels.weight
 
     # -- linear forms: (coefficients over all variables, constant) ----------------------
     def form(self) -> tuple[FloatArray, float]:
@@ -86,7 +118,8 @@ class _Program:
         return coef, const
 
     def compute_ms(self, tier: int) -> tuple[FloatArray, float]:
-        return self.placed_on(tier, self.cost.compute_ms[:, tier])
+        weights = self.cost.compute_ms[:, tier]
+        return self.placed_on(tier, weights * self.reach if self.cost.expected else weights)
 
     def busy_ms(self, tier: int) -> tuple[FloatArray, float]:
         """Compute on ``tier`` plus its service cost when it is on the request's path."""
@@ -95,18 +128,27 @@ class _Program:
         if tier == 0:
             const += service
         else:  # tier t is on the path exactly when link t-1 is used
-            coef[self.used0 + tier - 1] += service
+            self.add_used(coef, tier - 1, service)
         return coef, const
 
     def up_bytes(self, link: int) -> FloatArray:
         coef, _ = self.form()
-        coef[self.c(self.producers, link)] = self.cost.out_bytes[self.producers]
+        terms = self.crossings
+        coef[self.c(np.arange(len(terms.weight)), link)] = (
+            self.cost.out_bytes[terms.node] * terms.weight
+        )
         return coef
 
     def down_bytes(self, link: int) -> FloatArray:
+        cost = self.cost
         coef, _ = self.form()
-        outputs = self.cost.output_nodes
-        np.add.at(coef, self.z(outputs, link), self.cost.out_bytes[outputs])
+        outputs = cost.output_nodes
+        returned = cost.out_bytes[outputs]
+        if cost.expected:  # the final output returns when reached, logits when answered
+            returned = returned * self.reach[outputs]
+            exit_bytes = cost.exit_out_bytes * cost.exit_rates
+            np.add.at(coef, self.z(cost.exit_nodes, link), exit_bytes)
+        np.add.at(coef, self.z(outputs, link), returned)
         return coef
 
     def latency(self) -> tuple[FloatArray, float]:
@@ -118,7 +160,7 @@ class _Program:
         for link in range(self.n_links):
             coef += self.up_bytes(link) * self.cost.up_ms_per_byte[link]
             coef += self.down_bytes(link) * self.cost.down_ms_per_byte[link]
-            coef[self.used0 + link] += self.cost.rtt_ms[link]
+            self.add_used(coef, link, float(self.cost.rtt_ms[link]))
         return coef, const
 
     def energy(self) -> tuple[FloatArray, float]:
@@ -189,13 +231,23 @@ class _Program:
                 self.add_pairs(self.z(nodes, link + 1), self.z(nodes, link))
             self.add_pairs(self.z(src, link), self.z(dst, link))  # data only flows up
             # u's value crosses link l if any consumer runs above it: c ≥ z[v] − z[u].
-            count = len(src)
+            terms = self.crossings
+            count = len(terms.row_term)
             rows = np.repeat(np.arange(count), 3)
-            cols = np.stack([self.z(dst, link), self.z(src, link), self.c(src, link)], 1).ravel()
+            cols = np.stack(
+                [
+                    self.z(terms.row_node, link),
+                    self.z(terms.row_producer, link),
+                    self.c(terms.row_term, link),
+                ],
+                1,
+            ).ravel()
             vals = np.tile([1.0, -1.0, -1.0], count)
             self.add_rows(rows, cols, vals, np.full(count, -np.inf), np.zeros(count))
-            used = np.full(len(self.sinks), self.used0 + link)
-            self.add_pairs(self.z(self.sinks, link), used)  # a link is used if any node is above
+            # A link is used if any node is above it (at reach level j: used[j] ≥ z[n]).
+            self.add_pairs(
+                self.z(self.levels.row_node, link), self.used(self.levels.row_term, link)
+            )
 
         objective, const = self.form()
         for criterion, weight in self.objective.weights:
@@ -242,11 +294,12 @@ class _Program:
         Only an energy objective with idle power above active or transmit power rewards a
         larger c or used; the extra rows make c = max_v z[v] − z[u] and used = max z exact.
         """
-        cost = self.cost
-        consumers = cost.consumers()
+        crossings, levels = self.crossings, self.levels
+        crossing_users = members(crossings)
+        level_nodes = members(levels)
         for link in range(self.n_links):
-            for u in self.producers:  # c[u,l] + z[u,l] <= 1 and c[u,l] <= Σ_v z[v,l]
-                cu = self.c(np.array([u]), link)[0]
+            for term, u in enumerate(crossings.node):  # c + z[u,l] <= 1 and c <= Σ_v z[v,l]
+                cu = int(self.c(np.array([term]), link)[0])
                 zu = int(self.z(int(u), link))
                 self.add_rows(
                     np.zeros(2, dtype=np.int64),
@@ -255,22 +308,19 @@ class _Program:
                     np.array([-np.inf]),
                     np.array([1.0]),
                 )
-                users = self.z(consumers[u], link)
-                self.add_rows(
-                    np.zeros(len(users) + 1, dtype=np.int64),
-                    np.concatenate([[cu], users]),
-                    np.concatenate([[1.0], -np.ones(len(users))]),
-                    np.array([-np.inf]),
-                    np.array([0.0]),
-                )
-            sinks = self.z(self.sinks, link)
-            self.add_rows(
-                np.zeros(len(sinks) + 1, dtype=np.int64),
-                np.concatenate([[self.used0 + link], sinks]),
-                np.concatenate([[1.0], -np.ones(len(sinks))]),
-                np.array([-np.inf]),
-                np.array([0.0]),
-            )
+                self.add_at_most_any(cu, self.z(crossing_users[term], link))
+            for level in range(len(levels.weight)):
+                self.add_at_most_any(int(self.used(level, link)), self.z(level_nodes[level], link))
+
+    def add_at_most_any(self, var: int, zs: IntArray) -> None:
+        """Row ``x[var] <= Σ zs``: the indicator is 0 unless one of ``zs`` is 1."""
+        self.add_rows(
+            np.zeros(len(zs) + 1, dtype=np.int64),
+            np.concatenate([[var], zs]),
+            np.concatenate([[1.0], -np.ones(len(zs))]),
+            np.array([-np.inf]),
+            np.array([0.0]),
+        )
 
     def add_memory_rows(self) -> None:
         cost = self.cost

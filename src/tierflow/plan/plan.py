@@ -209,7 +209,18 @@ class Plan:
         for cut in self.cuts:
             shown = ", ".join(cut.tensors[:3]) + (" …" if len(cut.tensors) > 3 else "")
             lines.append(f"  {cut.link:<14} {cut.bytes / 1e3:>10.1f} kB up   [{shown}]")
-        lines.append(_row("plan", self.predicted))
+        for planned in self.exits:
+            lines.append(
+                f"  exit {planned.name:<9} at {planned.node} on {planned.tier}: "
+                f"{planned.policy} >= {planned.threshold:g}, answers {planned.exit_rate:.1%}"
+            )
+        if self.accuracy is not None:
+            lines.append(f"  accuracy       {self.accuracy:.2%}")
+        if self.worst_case is None:
+            lines.append(_row("plan", self.predicted))
+        else:  # with exits, costs are expectations over inputs
+            lines.append(_row("plan expected", self.predicted))
+            lines.append(_row("worst case", self.worst_case))
         for name, baseline in self.baselines.items():
             lines.append(_row(name, baseline.prediction))
         return "\n".join(lines)

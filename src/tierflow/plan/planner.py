@@ -13,7 +13,7 @@ from tierflow.plan.baselines import baselines
 from tierflow.plan.cost_model import Constraints, CostModel, IntArray, build_cost_model
 from tierflow.plan.evaluate import evaluate
 from tierflow.plan.explain import explain_infeasible
-from tierflow.plan.milp import solve
+from tierflow.plan.milp import Solution, solve
 from tierflow.plan.objective import Objective
 from tierflow.plan.plan import BaselineResult, Cut, Plan
 from tierflow.profile.profile import Profile
@@ -82,17 +82,14 @@ def plan(
     >>> topology = tierflow.load_topology("examples/topologies/wifi-edge-cloud.yaml")
     >>> print(tierflow.plan(graph, topology, objective="latency"))
     """
-    latency = tier_latency_ms(
-        graph, topology, host=profile, tier_profiles=dict(tier_profiles or {})
-    )
     constraints = Constraints(pins=pins, private_input=private_input, slo_ms=slo_ms)
-    if service_ms is None:
-        service_ms = {
-            tier: float(profile.meta.get("service_ms", 0.0))
-            for tier, profile in (tier_profiles or {}).items()
-        }
-    cost = build_cost_model(
-        graph, topology, latency, constraints=constraints, service_ms=service_ms
+    cost = cost_model_for(
+        graph,
+        topology,
+        profile=profile,
+        tier_profiles=tier_profiles,
+        constraints=constraints,
+        service_ms=service_ms,
     )
     return plan_cost_model(
         cost,
@@ -100,6 +97,29 @@ def plan(
         Objective.parse(objective),
         constraints=constraints,
         time_limit_s=time_limit_s,
+    )
+
+
+def cost_model_for(
+    graph: LayerGraph,
+    topology: Topology,
+    *,
+    profile: Profile | None,
+    tier_profiles: Mapping[str, Profile] | None,
+    constraints: Constraints,
+    service_ms: Mapping[str, float] | None,
+) -> CostModel:
+    """The cost model :func:`plan` solves (its parameters have the same meaning)."""
+    latency = tier_latency_ms(
+        graph, topology, host=profile, tier_profiles=dict(tier_profiles or {})
+    )
+    if service_ms is None:
+        service_ms = {
+            tier: float(profile.meta.get("service_ms", 0.0))
+            for tier, profile in (tier_profiles or {}).items()
+        }
+    return build_cost_model(
+        graph, topology, latency, constraints=constraints, service_ms=service_ms
     )
 
 
@@ -119,6 +139,21 @@ def plan_cost_model(
     except InfeasiblePlanError as exc:
         raise InfeasiblePlanError(f"{graph.model}: {explain_infeasible(cost, objective)}") from exc
     solve_ms = (time.perf_counter() - started) * 1000
+    return package_plan(
+        cost, graph, objective, solution, constraints=constraints, solve_ms=solve_ms
+    )
+
+
+def package_plan(
+    cost: CostModel,
+    graph: LayerGraph,
+    objective: Objective,
+    solution: Solution,
+    *,
+    constraints: Constraints,
+    solve_ms: float,
+) -> Plan:
+    """A :class:`Plan` for a solved instance: its prediction, cuts and baselines."""
     prediction = evaluate(cost, solution.tiers)
     compared = baselines(cost, objective)
     tier_names = cost.tier_names
