@@ -17,6 +17,14 @@ Note [values that are not tensors]
     and ``ints`` in the manifest); an ONNX segment takes and returns them as tensors, and
     the PyTorch executor converts them back. Any other value (a float, a tuple of
     tensors) is refused with an :class:`~tierflow.errors.ArtifactError` naming it.
+
+Note [early exits in a build]
+    A plan's exits cut their tiers right after each exit's node
+    (:func:`~tierflow.partition.from_plan.split_at_exits`), so a tier service can run the
+    exit's head between two of its segments and skip the rest (and every tier above)
+    when the head is confident. Heads are always exported to ONNX, whatever ``executor``
+    says: the PyTorch executor rebuilds segments from the model spec, and a head is a
+    module the spec does not name (:mod:`tierflow.artifacts.exit_heads`).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from tierflow.artifacts.executors import OnnxExecutor
+from tierflow.artifacts.exit_heads import export_exit_head
 from tierflow.artifacts.manifest import (
     MANIFEST_NAME,
     PLAN_NAME,
@@ -44,8 +53,8 @@ from tierflow.artifacts.manifest import (
     plan_digest,
 )
 from tierflow.errors import ArtifactError
-from tierflow.partition import Segment, SplitModel
-from tierflow.partition.from_plan import split
+from tierflow.partition import Segment, SplitModel, ValueRef
+from tierflow.partition.from_plan import split_at_exits
 from tierflow.plan.plan import Plan
 
 ExecutorChoice = Literal["auto", "onnx", "torch"]
@@ -65,6 +74,7 @@ def build(
     *,
     executor: ExecutorChoice = "auto",
     opset: int = ONNX_OPSET,
+    exit_heads: Mapping[str, nn.Module] | None = None,
 ) -> Manifest:
     """Split ``model`` as ``plan`` says and write each segment, plus ``manifest.json``.
 
@@ -81,12 +91,17 @@ def build(
         ``"onnx"``: every segment becomes an ONNX file, or the build fails;
         ``"torch"``: every segment's weights are saved for the PyTorch executor;
         ``"auto"``: ONNX where the export succeeds and matches PyTorch, else PyTorch.
+    exit_heads:
+        ``{exit name: head}`` for every exit of ``plan.exits``: a module that takes the
+        exit node's output and returns logits shaped like the model's one output. Each
+        is exported to ONNX as ``exit-NAME.onnx`` (Note [early exits in a build]).
 
     Raises
     ------
     ArtifactError
         If a value crossing tiers is neither a tensor nor an int (nor a tuple of ints),
-        or (``executor="onnx"``) a segment cannot be exported faithfully.
+        (``executor="onnx"``) a segment cannot be exported faithfully, or a planned exit
+        has no head, or its head cannot be exported or returns the wrong shape.
 
     Examples
     --------
@@ -97,7 +112,13 @@ def build(
     if executor not in ("auto", "onnx", "torch"):
         raise ArtifactError(f"executor {executor!r}: choose auto, onnx or torch")
     inputs = tuple(example_inputs)
-    segments = split(model, plan, inputs)
+    heads = exit_heads or {}
+    missing = [e.name for e in plan.exits if e.name not in heads]
+    if missing:
+        raise ArtifactError(
+            f"plan exits {missing} have no head: pass exit_heads={{name: module}} for each"
+        )
+    segments = split_at_exits(model, plan, inputs)
     values = _values(segments, inputs)
     try:
         wider: dict[str, Any] | None = _values(segments, _widen(inputs))
@@ -109,22 +130,37 @@ def build(
     plan_path = out / PLAN_NAME
     plan.save(plan_path)
 
-    entries = []
+    entries: list[SegmentEntry] = []
     for segment in segments:
+        part = sum(e.tier == segment.tier for e in entries)
+        stem = segment.tier if part == 0 else f"{segment.tier}.{part}"
         ins = tuple(_entry(n, values[n], wider, segment.tier) for n in segment.input_names)
         outs = tuple(_entry(n, values[n], wider, segment.tier) for n in segment.output_names)
         kind: ExecutorKind = "torch" if executor == "torch" else "onnx"
         files: tuple[FileEntry, ...] = ()
         if kind == "onnx":
             try:
-                files = (_export_onnx(segment, ins, outs, values, wider, out, opset=opset),)
+                files = (_export_onnx(segment, stem, ins, outs, values, wider, out, opset=opset),)
             except ArtifactError:
                 if executor == "onnx":
                     raise
                 kind = "torch"
         if kind == "torch":
-            files = (_save_weights(segment, out),)
-        entries.append(SegmentEntry(segment.tier, kind, files, ins, outs))
+            files = (_save_weights(segment, stem, out),)
+        entries.append(SegmentEntry(segment.tier, kind, files, ins, outs, part=part))
+    exits = tuple(
+        export_exit_head(
+            planned,
+            heads[planned.name],
+            entries,
+            final=_final_output(segments, planned.name),
+            values=values,
+            wider=wider,
+            out=out,
+            opset=opset,
+        )
+        for planned in plan.exits
+    )
 
     manifest = Manifest(
         model=plan.model,
@@ -133,9 +169,25 @@ def build(
         input_shapes=tuple(tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)),
         segments=tuple(entries),
         root=out,
+        exits=exits,
     )
     (out / MANIFEST_NAME).write_text(manifest.to_json() + "\n")
     return manifest
+
+
+def _final_output(segments: SplitModel, exit_name: str) -> str:
+    """The name of the model's one output, which an exit's answer stands in for."""
+    template = segments.output_template
+    if isinstance(template, ValueRef):
+        return template.name
+    if isinstance(template, tuple | list) and len(template) == 1:
+        (only,) = template
+        if isinstance(only, ValueRef):
+            return only.name
+    raise ArtifactError(
+        f"exit {exit_name!r}: early exits need a model with one output tensor, and this "
+        f"model returns {template!r}"
+    )
 
 
 def _values(segments: SplitModel, inputs: Sequence[Any]) -> dict[str, Any]:
@@ -233,6 +285,7 @@ def _dynamic_axes(entries: Sequence[ValueEntry]) -> dict[str, dict[int, str]]:
 
 def _export_onnx(
     segment: Segment,
+    stem: str,
     ins: Sequence[ValueEntry],
     outs: Sequence[ValueEntry],
     values: Mapping[str, Any],
@@ -241,7 +294,7 @@ def _export_onnx(
     *,
     opset: int,
 ) -> FileEntry:
-    path = out / f"{segment.tier}.onnx"
+    path = out / f"{stem}.onnx"
     args = tuple(torch.as_tensor(to_array(values[e.name])) for e in ins)
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -287,10 +340,10 @@ def _export_onnx(
     return entry
 
 
-def _save_weights(segment: Segment, out: Path) -> FileEntry:
+def _save_weights(segment: Segment, stem: str, out: Path) -> FileEntry:
     from safetensors.torch import save_file
 
-    path = out / f"{segment.tier}.safetensors"
+    path = out / f"{stem}.safetensors"
     # Clones: safetensors refuses tensors that share storage (tied weights); loading with
     # load_state_dict copies each back into its own parameter.
     state = {

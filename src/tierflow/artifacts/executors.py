@@ -18,7 +18,7 @@ from tierflow.artifacts.manifest import Manifest, SegmentEntry, ValueEntry, veri
 from tierflow.errors import ArtifactError
 from tierflow.models import resolve_model
 from tierflow.partition import Segment
-from tierflow.partition.from_plan import split
+from tierflow.partition.from_plan import split_at_exits
 from tierflow.runtime.executor import Executor, IOSpec
 
 Arrays = dict[str, NDArray[np.generic]]
@@ -133,7 +133,10 @@ def _from_array(value: ValueEntry, array: NDArray[np.generic]) -> Any:
 def load_executors(
     manifest: Manifest, tier: str | None = None, *, intra_op_threads: int | None = None
 ) -> list[Executor]:
-    """Executors for ``tier``'s segments (every segment when ``None``), in tier order.
+    """Executors for ``tier``'s segments (every segment when ``None``), in the order they run.
+
+    A tier cut at early exits has several segments; its exits' heads are loaded by
+    :func:`~tierflow.artifacts.exit_heads.load_tier_exits`, not here.
 
     Every file is checked against the manifest's sha256 before it is read.
 
@@ -154,7 +157,7 @@ def load_executors(
     for entry in entries:
         for file in entry.files:
             verify_file(manifest.root, file)
-    segments: dict[str, Segment] = {}
+    segments: dict[tuple[str, int], Segment] = {}
     if any(e.executor == "torch" for e in entries):
         segments = _rebuild_segments(manifest)
     executors: list[Executor] = []
@@ -166,25 +169,30 @@ def load_executors(
     return executors
 
 
-def _rebuild_segments(manifest: Manifest) -> dict[str, Segment]:
+def _rebuild_segments(manifest: Manifest) -> dict[tuple[str, int], Segment]:
+    """The model's segments re-split as built, by (tier, part)."""
     plan = manifest.load_plan()
     shape = manifest.input_shapes[0] if manifest.input_shapes else None
     model, inputs = resolve_model(manifest.model, input_shape=shape)
-    return {segment.tier: segment for segment in split(model, plan, inputs)}
+    segments: dict[tuple[str, int], Segment] = {}
+    for segment in split_at_exits(model, plan, inputs):
+        part = sum(tier == segment.tier for tier, _ in segments)
+        segments[segment.tier, part] = segment
+    return segments
 
 
 def _load_weights(
-    manifest: Manifest, entry: SegmentEntry, segments: Mapping[str, Segment]
+    manifest: Manifest, entry: SegmentEntry, segments: Mapping[tuple[str, int], Segment]
 ) -> Segment:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    segment = segments.get(entry.tier)
+    segment = segments.get((entry.tier, entry.part))
     names = (tuple(v.name for v in entry.inputs), tuple(v.name for v in entry.outputs))
     if segment is None or (segment.input_names, segment.output_names) != names:
         raise ArtifactError(
             f"model {manifest.model!r} re-split with {manifest.plan_file.path} does not give "
-            f"the segment built for tier {entry.tier!r}; was the model code changed?"
+            f"the segment built for tier {entry.label!r}; was the model code changed?"
         )
     path = verify_file(manifest.root, entry.files[0])
     try:

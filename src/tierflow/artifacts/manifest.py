@@ -5,6 +5,11 @@ the plan it was built from (``plan.json``, stored beside it), and for every segm
 tier, the executor that runs it, its files with their sha256, and the names, shapes and
 dtypes of the values it takes and returns. Every file is checked against its digest
 before anything reads it (:func:`verify_file`).
+
+A plan with early exits adds an ``exits`` list: per exit, the ONNX head that reads a
+backbone value, its policy and threshold, and the segment it follows. A tier holding an
+exit then has several segments (``part`` 0, 1, ...), cut right after the exit's node.
+Manifests without exits have neither field and read as before.
 """
 
 from __future__ import annotations
@@ -81,22 +86,35 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class SegmentEntry:
-    """One built segment: the tier that runs it, how, from which files, on which values."""
+    """One built segment: the tier that runs it, how, from which files, on which values.
+
+    ``part`` numbers a tier's segments in the order they run (0 unless the tier holds an
+    early exit, which cuts it into parts; see the module docstring).
+    """
 
     tier: str
     executor: ExecutorKind
     files: tuple[FileEntry, ...]
     inputs: tuple[ValueEntry, ...]
     outputs: tuple[ValueEntry, ...]
+    part: int = 0
+
+    @property
+    def label(self) -> str:
+        """``TIER`` for a tier's only part, ``TIER.PART`` after an exit (file stems too)."""
+        return self.tier if self.part == 0 else f"{self.tier}.{self.part}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "tier": self.tier,
             "executor": self.executor,
             "files": [f.to_dict() for f in self.files],
             "inputs": [v.to_dict() for v in self.inputs],
             "outputs": [v.to_dict() for v in self.outputs],
         }
+        if self.part:
+            document["part"] = self.part
+        return document
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SegmentEntry:
@@ -109,6 +127,71 @@ class SegmentEntry:
             files=tuple(FileEntry(str(f["path"]), str(f["sha256"])) for f in data["files"]),
             inputs=tuple(ValueEntry.from_dict(v) for v in data["inputs"]),
             outputs=tuple(ValueEntry.from_dict(v) for v in data["outputs"]),
+            part=int(data.get("part", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ExitEntry:
+    """One built early exit: an ONNX head run on ``tier`` after segment ``after``.
+
+    Attributes
+    ----------
+    name:
+        The exit's name in the plan (and in traces).
+    tier:
+        The tier that runs the head.
+    after:
+        Index into :attr:`Manifest.segments` of the segment whose output ``input`` the
+        head reads; the tier runs the head right after that segment.
+    file:
+        The head's ONNX file and its sha256.
+    input, output:
+        The backbone value the head reads and the logits it returns (``[B, classes]``).
+    answers:
+        The model's final output name; an answer at this exit carries the head's logits
+        under it, so callers see one output name whichever exit answers.
+    policy, threshold:
+        The tier answers when the policy's confidence is at least ``threshold`` for
+        every sample of a request (:mod:`tierflow.runtime.early_exit`).
+    """
+
+    name: str
+    tier: str
+    after: int
+    file: FileEntry
+    input: ValueEntry
+    output: ValueEntry
+    answers: str
+    policy: str
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "tier": self.tier,
+            "after": self.after,
+            "file": self.file.to_dict(),
+            "input": self.input.to_dict(),
+            "output": self.output.to_dict(),
+            "answers": self.answers,
+            "policy": self.policy,
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExitEntry:
+        file = data["file"]
+        return cls(
+            name=str(data["name"]),
+            tier=str(data["tier"]),
+            after=int(data["after"]),
+            file=FileEntry(str(file["path"]), str(file["sha256"])),
+            input=ValueEntry.from_dict(data["input"]),
+            output=ValueEntry.from_dict(data["output"]),
+            answers=str(data["answers"]),
+            policy=str(data["policy"]),
+            threshold=float(data["threshold"]),
         )
 
 
@@ -128,7 +211,9 @@ class Manifest:
         Shapes of the example inputs the artifact was built with; the PyTorch executor
         re-resolves the model with the first one.
     segments:
-        In tier order, lowest first.
+        In tier order, lowest first; a tier cut by an exit has several, in part order.
+    exits:
+        Early exits, in the order their tiers run them (empty without exits).
     root:
         The directory the manifest was read from or written to (not serialised).
     """
@@ -139,13 +224,29 @@ class Manifest:
     input_shapes: tuple[tuple[int, ...], ...]
     segments: tuple[SegmentEntry, ...]
     root: Path = Path()
+    exits: tuple[ExitEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        for entry in self.exits:
+            if not 0 <= entry.after < len(self.segments):
+                raise ArtifactError(
+                    f"exit {entry.name!r} follows segment {entry.after}, but the manifest has "
+                    f"{len(self.segments)} segments"
+                )
+            follows = self.segments[entry.after]
+            if follows.tier != entry.tier:
+                raise ArtifactError(
+                    f"exit {entry.name!r} runs on tier {entry.tier!r} but follows a segment "
+                    f"of tier {follows.tier!r}"
+                )
 
     @property
     def tiers(self) -> tuple[str, ...]:
-        return tuple(s.tier for s in self.segments)
+        """Tiers that run a segment, in order, each once."""
+        return tuple(dict.fromkeys(s.tier for s in self.segments))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "tierflow_manifest_version": MANIFEST_FORMAT_VERSION,
             "model": self.model,
             "plan_sha256": self.plan_sha256,
@@ -153,6 +254,9 @@ class Manifest:
             "input_shapes": [list(s) for s in self.input_shapes],
             "segments": [s.to_dict() for s in self.segments],
         }
+        if self.exits:
+            document["exits"] = [e.to_dict() for e in self.exits]
+        return document
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -174,6 +278,7 @@ class Manifest:
                 input_shapes=tuple(tuple(int(d) for d in s) for s in data["input_shapes"]),
                 segments=tuple(SegmentEntry.from_dict(s) for s in data["segments"]),
                 root=root,
+                exits=tuple(ExitEntry.from_dict(e) for e in data.get("exits", ())),
             )
         except KeyError as exc:
             raise ArtifactError(f"{source}: missing field {exc.args[0]!r}") from None
@@ -181,13 +286,40 @@ class Manifest:
             raise ArtifactError(f"{source}: malformed manifest: {exc}") from None
 
     def segment(self, tier: str) -> SegmentEntry:
-        for entry in self.segments:
-            if entry.tier == tier:
-                return entry
-        raise ArtifactError(
-            f"artifact {self.root} has no segment for tier {tier!r} "
-            f"(it has {', '.join(self.tiers) or 'none'})"
-        )
+        """The only segment of ``tier``; a tier cut by an exit has several (:meth:`parts`)."""
+        parts = self.parts(tier)
+        if len(parts) > 1:
+            raise ArtifactError(
+                f"tier {tier!r} of artifact {self.root} has {len(parts)} segments (cut at "
+                "early exits); use Manifest.parts"
+            )
+        return parts[0]
+
+    def parts(self, tier: str) -> tuple[SegmentEntry, ...]:
+        """The segments of ``tier`` in the order it runs them (one unless cut at exits)."""
+        entries = tuple(entry for entry in self.segments if entry.tier == tier)
+        if not entries:
+            raise ArtifactError(
+                f"artifact {self.root} has no segment for tier {tier!r} "
+                f"(it has {', '.join(self.tiers) or 'none'})"
+            )
+        return entries
+
+    def exits_of(self, tier: str) -> tuple[ExitEntry, ...]:
+        """The exits ``tier`` runs, in the order it runs them."""
+        return tuple(entry for entry in self.exits if entry.tier == tier)
+
+    @property
+    def final_outputs(self) -> tuple[str, ...]:
+        """Values some segment returns and no later segment consumes, in production order
+        (the model's outputs, as :func:`~tierflow.artifacts.run_chain` returns them)."""
+        names: list[str] = []
+        for index, segment in enumerate(self.segments):
+            later = {v.name for s in self.segments[index + 1 :] for v in s.inputs}
+            names += [
+                v.name for v in segment.outputs if v.name not in later and v.name not in names
+            ]
+        return tuple(names)
 
     def load_plan(self) -> Plan:
         """The stored plan, after checking its file digest and its canonical digest."""

@@ -7,6 +7,7 @@ from typing import Annotated, cast
 
 import typer
 from rich.table import Table
+from torch import nn
 
 from tierflow.artifacts import ExecutorChoice, Manifest, build
 from tierflow.cli.app import app, console, reports_errors
@@ -25,17 +26,57 @@ def manifest_table(manifest: Manifest) -> Table:
     table = Table(title=f"{manifest.model} · plan {manifest.plan_sha256[:12]} · {manifest.root}")
     for column in ("tier", "executor", "inputs", "outputs", "files", "size"):
         table.add_column(column, justify="right" if column == "size" else "left")
-    for segment in manifest.segments:
+    for index, segment in enumerate(manifest.segments):
         size = sum((manifest.root / f.path).stat().st_size for f in segment.files)
         table.add_row(
-            segment.tier,
+            segment.label,
             segment.executor,
             _names(tuple(v.name for v in segment.inputs)),
             _names(tuple(v.name for v in segment.outputs)),
             ", ".join(f.path for f in segment.files),
             f"{size / 1e3:.1f} kB",
         )
+        # An exit's head runs right after the segment it follows: list it there.
+        for entry in manifest.exits:
+            if entry.after == index:
+                head_size = (manifest.root / entry.file.path).stat().st_size
+                table.add_row(
+                    f"{segment.tier} exit {entry.name}",
+                    f"onnx, {entry.policy} >= {entry.threshold:g}",
+                    entry.input.name,
+                    entry.answers,
+                    entry.file.path,
+                    f"{head_size / 1e3:.1f} kB",
+                )
     return table
+
+
+def exit_heads_for(plan: Plan, source: str) -> dict[str, nn.Module] | None:
+    """The heads of a plan's early exits, from the trained run its model spec names.
+
+    A plan with exits is made for a trained exit model, ``run:DIR``; the build splits its
+    backbone (what ``resolve_model`` returns for that spec) and exports the run's heads.
+    ``None`` for a plan without exits.
+
+    Raises
+    ------
+    ArtifactError
+        If the plan has exits but its model is not a ``run:DIR`` spec.
+    """
+    if not plan.exits:
+        return None
+    kind, _, run_dir = plan.model.partition(":")
+    if kind != "run":
+        names = ", ".join(e.name for e in plan.exits)
+        raise ArtifactError(
+            f"{source}: the plan has early exits ({names}) but its model {plan.model!r} is "
+            "not a trained run (run:DIR) holding their heads; plan the run's model, or "
+            "build from Python with build(..., exit_heads={name: head})"
+        )
+    from tierflow.train.run_dir import load_exit_model  # lazy: training code is heavy
+
+    exit_model, _ = load_exit_model(run_dir)
+    return dict(exit_model.heads.items())
 
 
 @app.command("build")
@@ -56,8 +97,11 @@ def build_command(
     if executor not in ("auto", "onnx", "torch"):
         raise ArtifactError(f"--executor {executor!r}: choose auto, onnx or torch")
     the_plan = Plan.load(plan_file)
+    heads = exit_heads_for(the_plan, str(plan_file))
     model, inputs = resolve_model(
         the_plan.model, input_shape=parse_shape(input_shape), weights=weights
     )
-    manifest = build(model, the_plan, inputs, out, executor=cast(ExecutorChoice, executor))
+    manifest = build(
+        model, the_plan, inputs, out, executor=cast(ExecutorChoice, executor), exit_heads=heads
+    )
     console.print(manifest_table(manifest))

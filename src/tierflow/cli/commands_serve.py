@@ -26,7 +26,7 @@ from rich.table import Table
 
 from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.errors import TierflowError
-from tierflow.runtime.trace import Trace
+from tierflow.runtime.trace import FINAL, Trace
 
 DEFAULT_STATE = Path(".tierflow") / "testbed.json"
 
@@ -86,19 +86,17 @@ def serve_command(
     max_message_mb: Annotated[float, typer.Option(min=1, help="Largest message, MiB")] = 256,
 ) -> None:
     """Serve one tier of a built plan; prints `listening HOST:PORT` once ready."""
-    from tierflow.artifacts import load_executors, load_manifest
+    from tierflow.artifacts import load_manifest
     from tierflow.runtime.allocator import tune_allocator
     from tierflow.testbed.cpu import apply_deferred_quota
 
     # This process is ours alone: keep large tensor buffers mapped between requests
     # (halves a relay hop at 10 MB, docs/benchmarks.md "Per-hop overhead").
     tune_allocator()
-    from tierflow.runtime.executor import Executor
-    from tierflow.runtime.manifest_route import route_from_manifest
+    from tierflow.runtime.manifest_service import service_from_manifest
     from tierflow.runtime.route import Upstream
     from tierflow.runtime.security import TlsFiles
     from tierflow.runtime.server import TierServer
-    from tierflow.runtime.service import TierService
     from tierflow.runtime.transport import GrpcTransport
 
     host, port = parse_address(listen, option="--listen")
@@ -106,9 +104,6 @@ def serve_command(
     order = loaded.load_plan().tiers
     if tier not in order:
         raise TierflowError(f"--tier {tier!r}: the plan's tiers are {', '.join(order)}")
-    executors: list[Executor] = []
-    if tier in loaded.tiers:
-        executors = load_executors(loaded, tier, intra_op_threads=threads)
     if threads is not None:
         import torch
 
@@ -120,21 +115,21 @@ def serve_command(
         if upstream_tier is None and position + 1 >= len(order):
             raise TierflowError(f"--upstream: tier {tier!r} is the last tier of the plan")
         next_tier = Upstream(upstream_tier or order[position + 1], upstream)
-    route = route_from_manifest(loaded, tier, next_tier, tiers=order)
     tls = None
     if tls_cert is not None or tls_key is not None:
         tls = TlsFiles(tls_cert, tls_key, tls_ca)
     max_bytes = int(max_message_mb * 1024 * 1024)
     transport = None
-    if route.upstream is not None:
+    if next_tier is not None:
         transport = GrpcTransport(token=token, tls=tls, max_message_bytes=max_bytes)
-    specs = {value.name: value.spec for entry in loaded.segments for value in entry.outputs}
-    service = TierService(
-        loaded.model,
-        executors,
-        route=route,
+    # The tier's segments, its early exits (from the manifest) and its route onward.
+    service = service_from_manifest(
+        loaded,
+        tier,
+        upstream=next_tier,
         transport=transport,
-        output_specs=[specs[name] for name in route.outputs if name in specs],
+        tiers=order,
+        intra_op_threads=threads,
     )
     server = TierServer(
         service,
@@ -190,11 +185,13 @@ def up_command(
     try:
         if manifest is None:
             from tierflow.artifacts import build
+            from tierflow.cli.commands_build import exit_heads_for
             from tierflow.models import resolve_model
 
             the_plan = Plan.load(plan)
+            heads = exit_heads_for(the_plan, str(plan))
             model, inputs = resolve_model(the_plan.model)
-            build(model, the_plan, inputs, work / "artifacts")
+            build(model, the_plan, inputs, work / "artifacts", exit_heads=heads)
             manifest = work / "artifacts"
         bed = Testbed(the_topology, manifest, emulate=emulate, log_dir=log_dir, token=token)
         with _until_signalled() as stop, bed:
@@ -317,7 +314,8 @@ def _summary(value: np.ndarray[Any, Any], top: int) -> dict[str, Any]:
 
 
 def _trace_table(trace: Trace) -> Table:
-    table = Table(title=f"trace · produced by {trace.produced_by}")
+    answered = "" if trace.exit == FINAL else f" at exit {trace.exit}"
+    table = Table(title=f"trace · produced by {trace.produced_by}{answered}")
     for column in ("hop", "compute ms", "queue ms", "service / transfer ms", "bytes up+down"):
         table.add_column(column, justify="left" if column == "hop" else "right")
     for hop in trace.tiers:

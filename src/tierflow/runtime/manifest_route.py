@@ -6,6 +6,11 @@ relayed through this tier, and values its own segment computes. It returns the m
 final outputs (values no later segment consumes, as :func:`~tierflow.artifacts.run_chain`
 defines them) that are computed on this tier or above; outputs computed below never reach
 it, so the tier below answers them from its own pool.
+
+Early exits need nothing forwarded: a head reads a value of its own tier, and answers
+under the final output's name, which every route already returns.
+:func:`~tierflow.runtime.manifest_service.service_from_manifest` loads a tier's exits
+with its executors and this route.
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ def route_from_manifest(
                 forward.append(value.name)
 
     outputs = tuple(
-        name for name in _final_outputs(manifest) if produced_at.get(name, -1) >= position
+        name for name in manifest.final_outputs if produced_at.get(name, -1) >= position
     )
     if not forward:
         return Route(tier, outputs=outputs)
@@ -95,12 +100,3 @@ def route_from_manifest(
             f"tier {tier!r} must forward {forward} to a higher tier, but has no upstream"
         )
     return Route(tier, outputs=outputs, forward=tuple(forward), upstream=upstream)
-
-
-def _final_outputs(manifest: Manifest) -> list[str]:
-    """Values some segment returns and no later segment consumes, in production order."""
-    names: list[str] = []
-    for index, segment in enumerate(manifest.segments):
-        later = {v.name for s in manifest.segments[index + 1 :] for v in s.inputs}
-        names += [v.name for v in segment.outputs if v.name not in later and v.name not in names]
-    return names

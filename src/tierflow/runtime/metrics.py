@@ -31,7 +31,8 @@ _LATENCY_BUCKETS_S = (
 
 
 class TierMetrics:
-    """Request count, latency and bytes in/out of one tier server."""
+    """Request count, latency and bytes in/out of one tier server, and the answers it gave
+    itself per exit (``exit="final"``: the backbone's output computed on this tier)."""
 
     def __init__(self, tier: str) -> None:
         self.registry = CollectorRegistry()
@@ -58,6 +59,12 @@ class TierMetrics:
             labels,
             registry=self.registry,
         )
+        self.answers = Counter(
+            "tierflow_answers",
+            "Inference answers given by this tier, by early exit (or final)",
+            ["tier", "exit"],
+            registry=self.registry,
+        )
         self.tier = tier
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
@@ -68,6 +75,9 @@ class TierMetrics:
         self.latency.labels(self.tier, method).observe(seconds)
         self.bytes_in.labels(self.tier, method).inc(bytes_in)
         self.bytes_out.labels(self.tier, method).inc(bytes_out)
+
+    def count_answer(self, exit_name: str) -> None:
+        self.answers.labels(self.tier, exit_name).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Expose ``/metrics`` over HTTP on ``host:port`` (0: any free port); the bound port."""

@@ -77,6 +77,7 @@ class TierServer:
         self.host = host
         self.token = token
         self.metrics = TierMetrics(service.tier)
+        service.on_answer(self.metrics.count_answer)
         self._requested_port = port
         self._tls = tls
         self._metrics_port = metrics_port

@@ -5,22 +5,28 @@
 :class:`~tierflow.runtime.transport.Transport`, and answers with the final outputs and a
 trace. :mod:`tierflow.runtime.server` puts it on a gRPC socket; an
 :class:`~tierflow.runtime.transport.InMemoryTransport` calls it directly.
+
+A tier may run early exits (:class:`~tierflow.runtime.early_exit.TierExit`) between its
+executors: when an exit is confident for the whole request (Note [batch rule for early
+exits]), the tier answers with the exit's logits under the model's output name and runs
+nothing further, here or upstream.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tierflow.errors import ServiceError, WireError
+from tierflow.errors import ServiceError, TierflowError, WireError
 from tierflow.runtime import serde
 from tierflow.runtime._proto import grpc_predict_v2_pb2 as pb
+from tierflow.runtime.early_exit import TierExit
 from tierflow.runtime.executor import Executor, IOSpec
 from tierflow.runtime.route import Route
-from tierflow.runtime.trace import TRACE_PARAMETER, LinkHop, TierHop, Trace
+from tierflow.runtime.trace import FINAL, TRACE_PARAMETER, LinkHop, TierHop, Trace
 from tierflow.runtime.transport import Transport
 from tierflow.runtime.wire import InferRequest, InferResponse
 
@@ -51,6 +57,11 @@ class TierService:
         What to forward upstream and which tensors are the final outputs.
     transport:
         How to reach the upstream tier; required when the route has one.
+    output_specs:
+        Specs of the model's final outputs, where an upstream tier computes them.
+    exits:
+        Early exits, each run after executor ``exit.after``; the first confident one
+        answers the request.
 
     Examples
     --------
@@ -66,9 +77,16 @@ class TierService:
         route: Route,
         transport: Transport | None = None,
         output_specs: Sequence[IOSpec] = (),
+        exits: Sequence[TierExit] = (),
     ) -> None:
         if route.upstream is not None and transport is None:
             raise ValueError(f"tier {route.tier!r} has an upstream but no transport")
+        for early in exits:
+            if not 0 <= early.after < len(executors):
+                raise ValueError(
+                    f"tier {route.tier!r}: exit {early.name!r} runs after executor "
+                    f"{early.after}, but the tier has {len(executors)}"
+                )
         self.model = model
         self.route = route
         self.executors = tuple(executors)
@@ -76,6 +94,8 @@ class TierService:
         # tier computes them (from the build manifest), so the entry's metadata is complete.
         self.output_specs = tuple(output_specs)
         self.transport = transport
+        self.exits = tuple(sorted(exits, key=lambda e: e.after))
+        self._answer_listeners: list[Callable[[str], None]] = []
         # Executors need not be thread-safe (ONNX Runtime sessions are, PyTorch modules
         # with state may not be): one request computes at a time, the wait is `queue_ms`.
         self._compute_lock = threading.Lock()
@@ -103,6 +123,12 @@ class TierService:
             return tuple(spec for spec in specs if spec.name in self.route.outputs)
         return self.executors[-1].outputs if self.executors else ()
 
+    def on_answer(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(exit name)`` whenever this tier answers a request itself: at
+        one of its exits, or with the final output computed here (``"final"``).
+        Answers relayed from upstream are the upstream tier's to report."""
+        self._answer_listeners.append(listener)
+
     def metadata(self) -> pb.ModelMetadataResponse:
         return serde.metadata_from_specs(self.model, self.inputs, self.outputs, platform=PLATFORM)
 
@@ -127,37 +153,50 @@ class TierService:
         except WireError as error:
             raise ServiceError("INVALID_ARGUMENT", f"tier {self.tier!r}: {error}") from error
 
-        queue_s, compute_s, last_outputs = self._compute(pool)
+        queue_s, compute_s, last_outputs, answered = self._compute(pool)
         links: list[LinkHop] = []
         upstream_tiers: tuple[TierHop, ...] = ()
-        produced_by = self.tier
-        if self.route.upstream is not None:
-            upstream_out, trace, link = self._forward(pool, request.header.id, deadline)
-            pool.update(upstream_out)
-            last_outputs = upstream_out
-            links = [link, *trace.links]
-            upstream_tiers = trace.tiers
-            produced_by = trace.produced_by
-
-        names = self.route.outputs or tuple(last_outputs)
-        missing = [name for name in names if name not in pool]
-        if missing:
-            raise ServiceError(
-                "INTERNAL", f"tier {self.tier!r}: outputs {missing} were not produced"
-            )
+        produced_by, exit_name = self.tier, FINAL
+        if answered is not None:
+            exit_name, answer = answered
+            outputs = answer
+        else:
+            if self.route.upstream is not None:
+                upstream_out, trace, link = self._forward(pool, request.header.id, deadline)
+                pool.update(upstream_out)
+                last_outputs = upstream_out
+                links = [link, *trace.links]
+                upstream_tiers = trace.tiers
+                produced_by, exit_name = trace.produced_by, trace.exit
+            names = self.route.outputs or tuple(last_outputs)
+            missing = [name for name in names if name not in pool]
+            if missing:
+                raise ServiceError(
+                    "INTERNAL", f"tier {self.tier!r}: outputs {missing} were not produced"
+                )
+            outputs = {name: pool[name] for name in names}
         hop = TierHop(self.tier, _ms(compute_s), _ms(queue_s), _ms(time.perf_counter() - started))
-        trace = Trace(produced_by, (hop, *upstream_tiers), tuple(links))
+        trace = Trace(produced_by, (hop, *upstream_tiers), tuple(links), exit=exit_name)
+        if not links:  # answered here, not relayed from upstream
+            for listener in self._answer_listeners:
+                listener(exit_name)
         return serde.response_from_tensors(
             self.model,
-            {name: pool[name] for name in names},
+            outputs,
             request_id=request.header.id,
             parameters={TRACE_PARAMETER: trace.to_json()},
         )
 
-    def _compute(self, pool: serde.TensorMap) -> tuple[float, float, serde.TensorMap]:
-        """Run the executors on ``pool`` (updated in place); (queue s, compute s, last outputs)."""
+    def _compute(
+        self, pool: serde.TensorMap
+    ) -> tuple[float, float, serde.TensorMap, tuple[str, serde.TensorMap] | None]:
+        """Run the executors (and exits) on ``pool``, updated in place.
+
+        Returns queue seconds, compute seconds, the last executor's outputs, and
+        ``(exit name, answer)`` when an exit answered (the executors after it not run).
+        """
         if not self.executors:
-            return 0.0, 0.0, dict(pool)
+            return 0.0, 0.0, dict(pool), None
         for spec in self.inputs:
             array = pool.get(spec.name)
             if array is None:
@@ -172,14 +211,38 @@ class TierService:
                     f" {list(array.shape)}, expected {_describe(spec)}",
                 )
         waited = time.perf_counter()
+        answered: tuple[str, serde.TensorMap] | None = None
         with self._compute_lock:
             began = time.perf_counter()
             outputs: serde.TensorMap = {}
-            for executor in self.executors:
+            for position, executor in enumerate(self.executors):
                 outputs = executor.run({spec.name: pool[spec.name] for spec in executor.inputs})
                 pool.update({name: np.asarray(value) for name, value in outputs.items()})
+                answered = self._try_exits(position, pool)
+                if answered is not None:
+                    break
             ended = time.perf_counter()
-        return began - waited, ended - began, outputs
+        return began - waited, ended - began, outputs, answered
+
+    def _try_exits(
+        self, position: int, pool: serde.TensorMap
+    ) -> tuple[str, serde.TensorMap] | None:
+        """Run the exits placed after executor ``position``; the first confident answers."""
+        for early in self.exits:
+            if early.after != position:
+                continue
+            # The head's logits stay out of the pool: they are an answer, not a value a
+            # later segment or tier consumes.
+            logits = early.head.run({spec.name: pool[spec.name] for spec in early.head.inputs})
+            try:
+                confident = early.decide(logits[early.logits])
+            except TierflowError as error:
+                raise ServiceError(
+                    "INTERNAL", f"tier {self.tier!r}: exit {early.name!r}: {error}"
+                ) from error
+            if confident:
+                return early.name, {early.answers: np.asarray(logits[early.logits])}
+        return None
 
     def _forward(
         self, pool: serde.TensorMap, request_id: str, deadline: float | None

@@ -14,6 +14,8 @@ from typing import Any
 from tierflow.errors import WireError
 
 TRACE_PARAMETER = "tierflow-trace"
+# The exit a trace names when the backbone answered (tierflow.plan.exit_options.FINAL_EXIT).
+FINAL = "final"
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,17 @@ class LinkHop:
 
 @dataclass(frozen=True)
 class Trace:
-    """The tiers a request crossed (device first) and which one produced the outputs."""
+    """The tiers a request crossed (device first) and which one produced the outputs.
+
+    ``exit`` names the early exit that answered, or ``"final"`` when the backbone's own
+    output did; ``produced_by`` is the tier that ran it. Traces from tierflow versions
+    without exits carry no ``exit`` and read as ``"final"``.
+    """
 
     produced_by: str
     tiers: tuple[TierHop, ...] = field(default_factory=tuple)
     links: tuple[LinkHop, ...] = field(default_factory=tuple)
+    exit: str = FINAL
 
     @property
     def tier_names(self) -> tuple[str, ...]:
@@ -63,6 +71,7 @@ class Trace:
             "produced_by": self.produced_by,
             "tiers": [asdict(hop) for hop in self.tiers],
             "links": [asdict(hop) for hop in self.links],
+            "exit": self.exit,
         }
         return json.dumps(document, separators=(",", ":"))
 
@@ -74,6 +83,7 @@ class Trace:
                 produced_by=str(document["produced_by"]),
                 tiers=tuple(TierHop(**hop) for hop in document["tiers"]),
                 links=tuple(LinkHop(**hop) for hop in document["links"]),
+                exit=str(document.get("exit", FINAL)),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise WireError(f"parameter {TRACE_PARAMETER!r} is malformed: {error}") from error
@@ -88,4 +98,5 @@ class Trace:
             f" {hop.transfer_ms:.2f} ms"
             for hop in self.links
         ]
-        return f"produced by {self.produced_by}: " + "; ".join(parts)
+        answered = "" if self.exit == FINAL else f" at exit {self.exit}"
+        return f"produced by {self.produced_by}{answered}: " + "; ".join(parts)
