@@ -50,6 +50,7 @@ def main() -> None:
         commands_model,
         commands_plan,
         commands_serve,
+        commands_train,
     )
 
     app()

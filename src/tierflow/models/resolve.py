@@ -1,10 +1,12 @@
 """Turn a model spec string into ``(model, example_inputs)``.
 
-Three spec forms are accepted (the same strings the CLI takes):
+Four spec forms are accepted (the same strings the CLI takes):
 
 * ``torchvision:NAME``: any torchvision classification model, randomly initialised
   (tierflow never downloads weights);
 * ``zoo:NAME``: a model from :mod:`tierflow.models.zoo`;
+* ``run:DIR``: the trained backbone of a ``tierflow train`` run directory (weights verified
+  against their ``.sha256``; example inputs shaped as recorded in ``DIR/model.json``);
 * ``package.module:factory``: user code; ``factory()`` returns a module, or a module and
   its example inputs.
 """
@@ -46,7 +48,7 @@ def resolve_model(
     Parameters
     ----------
     spec:
-        ``torchvision:NAME``, ``zoo:NAME`` or ``package.module:factory``.
+        ``torchvision:NAME``, ``zoo:NAME``, ``run:DIR`` or ``package.module:factory``.
     input_shape:
         Replaces the shape of the first example input (its dtype is kept; float inputs are
         drawn from a standard normal, integer inputs are zeros).
@@ -87,11 +89,16 @@ def _build(spec: str, seed: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     kind, sep, name = spec.partition(":")
     if not sep or not name:
         raise ModelSpecError(
-            f"model spec {spec!r} is not one of 'torchvision:NAME', 'zoo:NAME' or "
+            f"model spec {spec!r} is not one of 'torchvision:NAME', 'zoo:NAME', 'run:DIR' or "
             "'package.module:factory'"
         )
     if kind == "torchvision":
         return _torchvision(name)
+    if kind == "run":
+        # Lazy: tierflow.train imports this module to rebuild a run's backbone.
+        from tierflow.train.run_dir import load_backbone
+
+        return load_backbone(name)
     if kind == "zoo":
         if name not in ZOO:
             raise ModelSpecError(

@@ -73,6 +73,32 @@ class LeNet(nn.Module):
         return logits
 
 
+class LeNetWide(nn.Module):
+    """LeNet-style chain for 1x28x28 inputs whose compute sits after the first pooling.
+
+    An early exit after ``pool1`` has seen about 10% of the FLOPs (conv1: 0.23 MFLOPs of
+    2.4 M); the 8->64-channel ``conv2`` (1.6 MFLOPs) and the 1024->256 ``fc1`` come after
+    it, so every sample that leaves at that exit skips most of the work (the BranchyNet
+    setting, with a wider second stage than LeNet-5 to make the saving visible).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 5)  # 28 -> 24
+        self.pool1 = nn.MaxPool2d(2)  # 24 -> 12
+        self.conv2 = nn.Conv2d(8, 64, 5)  # 12 -> 8
+        self.pool2 = nn.MaxPool2d(2)  # 8 -> 4
+        self.fc1 = nn.Linear(64 * 4 * 4, 256)
+        self.fc2 = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(torch.relu(self.conv1(x)))
+        x = self.pool2(torch.relu(self.conv2(x)))
+        x = torch.relu(self.fc1(torch.flatten(x, 1)))
+        logits: torch.Tensor = self.fc2(x)
+        return logits
+
+
 class ResidualBlock(nn.Module):
     """ResNet BasicBlock: two 3x3 convolutions plus a skip (1x1 projection when needed)."""
 
@@ -258,6 +284,10 @@ def _seeded(
 ZOO: Mapping[str, ZooEntry] = MappingProxyType(
     {
         "lenet": ZooEntry(_seeded(LeNet, (1, 1, 28, 28)), "LeNet-5 chain, 1x28x28, 10 classes"),
+        "lenet_wide": ZooEntry(
+            _seeded(LeNetWide, (1, 1, 28, 28)),
+            "LeNet-style chain, most compute after pool1 (early-exit backbone), 1x28x28",
+        ),
         "resnet_mini": ZooEntry(
             _seeded(ResNetMini, (1, 3, 32, 32)), "three residual blocks with skips, 3x32x32"
         ),
