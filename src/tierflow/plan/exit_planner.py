@@ -79,7 +79,7 @@ class ExitInstances:
                     f"{head.node!r}, which is not in the graph of {graph.model}"
                 )
             self.attach[head.name] = index[name]
-        self.head_ms = _head_latency_ms(graph, topology, options, base, profile, tier_profiles)
+        self.head_ms = _head_latency_ms(graph, topology, options, base, profile)
         self._checked: set[str] = set()
 
     def no_exit(self) -> ExitSetting:
@@ -130,19 +130,20 @@ def _head_latency_ms(
     options: ExitOptions,
     base: CostModel,
     profile: Profile | None,
-    tier_profiles: Mapping[str, Profile] | None,
 ) -> FloatArray:
     """``[H, T]`` latency of each head on each tier.
 
     A tier with ``compute.speed`` runs a head ``speed`` times as fast as the host that
-    measured ``host_latency_ms``. A tier with its own profile has no time for the head,
-    so it gets the tier's speed over the whole backbone: Σ_n t(n, k) / Σ_n t_host(n).
+    measured ``host_latency_ms``, also when the backbone's latency on it comes from a
+    profile measured in the tier (the testbed throttles the tier to that speed). A tier
+    described only by a profile gets its speed over the whole backbone:
+    Σ_n t(n, k) / Σ_n t_host(n).
     """
     host_ms = np.array([head.host_latency_ms for head in options.heads])
     speeds = np.ones(base.n_tiers)
     host_total: float | None = None
     for k, tier in enumerate(topology.tiers):
-        if tier.compute.speed is not None and tier.name not in (tier_profiles or {}):
+        if tier.compute.speed is not None:
             speeds[k] = tier.compute.speed
             continue
         if host_total is None:
