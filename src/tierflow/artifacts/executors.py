@@ -5,6 +5,7 @@ Both check their files' sha256 against the manifest before reading them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -45,11 +46,12 @@ class _SegmentIO:
     def tier(self) -> str:
         return self._entry.tier
 
-    @property
+    # Cached: a tier service reads them on every request, and the entry never changes.
+    @functools.cached_property
     def inputs(self) -> tuple[IOSpec, ...]:
         return tuple(v.spec for v in self._entry.inputs)
 
-    @property
+    @functools.cached_property
     def outputs(self) -> tuple[IOSpec, ...]:
         return tuple(v.spec for v in self._entry.outputs)
 

@@ -14,6 +14,7 @@ nothing further, here or upstream.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -104,9 +105,12 @@ class TierService:
     def tier(self) -> str:
         return self.route.tier
 
-    @property
+    @functools.cached_property
     def inputs(self) -> tuple[IOSpec, ...]:
-        """Tensors a caller must send: the executors' inputs not produced by an earlier one."""
+        """Tensors a caller must send: the executors' inputs not produced by an earlier one.
+
+        Cached: every request is checked against it, and the executors never change.
+        """
         produced: set[str] = set()
         needed: list[IOSpec] = []
         for executor in self.executors:

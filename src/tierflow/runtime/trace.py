@@ -8,7 +8,7 @@ string parameter (``tierflow-trace``) of the ModelInferResponse: metadata, not t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from tierflow.errors import WireError
@@ -69,8 +69,10 @@ class Trace:
     def to_json(self) -> str:
         document = {
             "produced_by": self.produced_by,
-            "tiers": [asdict(hop) for hop in self.tiers],
-            "links": [asdict(hop) for hop in self.links],
+            # vars() rather than asdict(): the hops hold only scalars, and asdict's deep
+            # copy was a tenth of a small request's time in a tier (profiled).
+            "tiers": [vars(hop) for hop in self.tiers],
+            "links": [vars(hop) for hop in self.links],
             "exit": self.exit,
         }
         return json.dumps(document, separators=(",", ":"))
