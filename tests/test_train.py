@@ -63,12 +63,17 @@ def run_dir(tmp_path_factory):
 
 
 def test_two_epochs_equal_one_epoch_then_a_resumed_one(splits, tmp_path):
+    # A constant rate: a cosine schedule decays over the run's own epoch count, so a
+    # 1-epoch run extended to 2 follows a different schedule than a 2-epoch run.
     straight, first, resumed = exit_model(), exit_model(), exit_model()
     checkpoint = tmp_path / "checkpoint.safetensors"
+    once, twice = TrainSettings(epochs=1, schedule="constant"), TrainSettings(
+        epochs=2, schedule="constant"
+    )
 
-    full = fit(straight, splits, TrainSettings(epochs=2))
-    fit(first, splits, TrainSettings(epochs=1), checkpoint=checkpoint)
-    history = fit(resumed, splits, TrainSettings(epochs=2), checkpoint=checkpoint, resume=True)
+    full = fit(straight, splits, twice)
+    fit(first, splits, once, checkpoint=checkpoint)
+    history = fit(resumed, splits, twice, checkpoint=checkpoint, resume=True)
 
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=1e-4, atol=1e-5)
@@ -149,3 +154,17 @@ def test_tampered_run_weights_are_refused(run_dir, tmp_path):
         load_exit_model(copy)
     with pytest.raises(ModelSpecError, match="sha256"):
         resolve_model(f"run:{copy}")
+
+
+def test_the_cosine_schedule_decays_from_the_peak_rate_to_zero():
+    settings = TrainSettings(epochs=2, lr=0.01)
+
+    rates = [settings.lr_at(step, 100) for step in (0, 50, 100)]
+
+    assert rates == pytest.approx([0.01, 0.005, 0.0])
+    assert TrainSettings(lr=0.01, schedule="constant").lr_at(99, 100) == 0.01
+
+
+def test_an_unknown_schedule_is_refused_by_name():
+    with pytest.raises(TrainingError, match="schedule"):
+        TrainSettings(schedule="linear")  # type: ignore[arg-type]

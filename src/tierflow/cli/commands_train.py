@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, cast
 
 import typer
 from rich.table import Table
@@ -86,11 +86,17 @@ def train(
     ] = "auto",
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per step")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (peak, with --schedule)")] = 2e-3,
+    schedule: Annotated[
+        str, typer.Option(help="cosine (decay to 0 over the run) | constant")
+    ] = "cosine",
     exit_weights: Annotated[
         str | None, typer.Option(help="Loss weights, one per exit then final, e.g. 1,0.5")
     ] = None,
     policy: Annotated[str, typer.Option(help="max_softmax | entropy")] = "max_softmax",
+    head_channels: Annotated[
+        int, typer.Option(min=1, help="Channels of the conv in heads on feature maps")
+    ] = 32,
     max_accuracy_drop: Annotated[
         float, typer.Option(help="Default thresholds: max accuracy drop vs final, in pp")
     ] = 0.5,
@@ -105,6 +111,7 @@ def train(
         lr=lr,
         exit_weights=_exit_weights(exit_weights),
         seed=seed,
+        schedule=cast(Literal["cosine", "constant"], schedule),
     )
     result = train_run(
         model,
@@ -117,6 +124,7 @@ def train(
         resume=resume,
         console=console,
         progress=not json_out,
+        head_channels=head_channels,
     )
     if json_out:
         print(json.dumps(result.metrics(), indent=2))

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -59,6 +59,10 @@ class TrainSettings:
     lr: float = 2e-3
     exit_weights: tuple[float, ...] = ()
     seed: int = 0
+    # Cosine decay of the learning rate to zero over the run: without it the last epoch's
+    # weights (the ones saved) swing by over a point of accuracy from epoch to epoch
+    # (lenet_large on mnist5k at 1e-3: final classifier 98.2% then 96.4% on validation).
+    schedule: Literal["cosine", "constant"] = "cosine"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -67,8 +71,16 @@ class TrainSettings:
             )
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise TrainingError(f"lr must be a positive number, not {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise TrainingError(f"schedule must be 'cosine' or 'constant', not {self.schedule!r}")
         if any(not w >= 0 or not math.isfinite(w) for w in self.exit_weights):
             raise TrainingError(f"exit_weights must be non-negative: {list(self.exit_weights)}")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``."""
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
     def weights_for(self, model: ExitModel) -> list[float]:
         needed = len(model.exit_names) + 1
@@ -95,6 +107,8 @@ class TrainSettings:
                 lr=float(data["lr"]),
                 exit_weights=tuple(float(w) for w in data["exit_weights"]),
                 seed=int(data["seed"]),
+                # Runs written before schedules existed trained at a constant rate.
+                schedule=cast(Literal["cosine", "constant"], str(data.get("schedule", "constant"))),
             )
         except KeyError as exc:
             raise TrainingError(f"training settings: missing field {exc.args[0]!r}") from None
@@ -244,6 +258,8 @@ def train_exit_model(
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.lr_at(step, settings.epochs * batches)
                 optimizer.step()
                 step += 1
                 total += loss.item() * len(y)

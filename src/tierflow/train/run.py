@@ -120,6 +120,7 @@ def train_run(
     resume: bool = False,
     console: Console | None = None,
     progress: bool = True,
+    head_channels: int = 32,
 ) -> RunResult:
     """Train ``backbone`` with early exits on ``data`` and write the run directory ``out``.
 
@@ -137,6 +138,8 @@ def train_run(
         Training settings.
     policy:
         Exit policy name for calibration and ``exits.json``.
+    head_channels:
+        Channels of the convolution in heads on feature maps (the ``conv`` head kind).
     max_accuracy_drop_pp:
         The default thresholds keep accuracy within this many points of the final
         classifier's (calibrated on validation data with a margin).
@@ -171,7 +174,10 @@ def train_run(
             ExitSpec(
                 f"exit{index}",
                 node,
-                default_head_spec(graph[node].outputs[0].shape[1:], splits.classes),
+                replace(
+                    default_head_spec(graph[node].outputs[0].shape[1:], splits.classes),
+                    channels=head_channels,
+                ),
             )
             for index, node in enumerate(nodes, start=1)
         ),
