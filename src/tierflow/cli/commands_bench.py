@@ -11,10 +11,13 @@ from rich.table import Table
 
 from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.cli.commands_plan import planner_for, read_raw_topology
+from tierflow.cli.demo_exits import exit_demo
+from tierflow.cli.exit_bench import exit_table, is_exit_run, run_exit_testbed_bench
 from tierflow.cli.loading import load_model, measure_host_profile
 from tierflow.cli.render import plan_tables
 from tierflow.errors import TopologyError
 from tierflow.measure.bench_report import markdown_report, plot_measured, speedup_summary
+from tierflow.measure.exit_report import cpu_summary, exit_summary
 from tierflow.measure.planner_bench import time_planner, timings_to_dicts
 from tierflow.measure.plots import plot_sweep
 from tierflow.measure.testbed_bench import (
@@ -176,8 +179,45 @@ def bench(
     profile_runs: Annotated[int, typer.Option(min=1, help="Profiling runs per tier")] = 10,
     input_shape: Annotated[str | None, typer.Option(help="Example input shape")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
+    data: Annotated[
+        str | None, typer.Option(help="Exit models: held-out data (default: the run's dataset)")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="Exit models: test inputs sent (default: all)")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="Exit models: accuracy drop allowed to the planner, in pp")
+    ] = 0.5,
 ) -> None:
-    """Deploy the plan and the baselines on the local testbed and measure them."""
+    """Deploy the plan and the baselines on the local testbed and measure them.
+
+    For a trained early-exit run (``run:DIR`` with exits), the held-out inputs are sent
+    through the exit-aware plan, the exit-unaware plan, the model without exits and raw
+    offload, and accuracy and exit rates are reported besides latency and bytes.
+    """
+    if is_exit_run(model):
+        outcome = run_exit_testbed_bench(
+            model,
+            topology,
+            overrides=set_,
+            sweep_spec=sweep_spec,
+            data=data,
+            samples=samples,
+            max_accuracy_drop_pp=max_accuracy_drop,
+            out=out,
+            emulate=not no_emulate,
+            profile_runs=profile_runs,
+            quiet=json_out,
+        )
+        if json_out:
+            print(json.dumps(outcome.to_json(), indent=2))
+            return
+        console.print(exit_table(outcome.configs))
+        for line in exit_summary(outcome.configs):
+            console.print(line)
+        console.print(cpu_summary(outcome.cpu))
+        console.print(f"report: {out / 'report.md'}")
+        return
     results = run_testbed_bench(
         model,
         topology,
@@ -266,9 +306,12 @@ def demo(
     )
     console.print(bench_table(results))
     console.print(speedup_summary(results))
+
+    console.rule("[bold]3. decide locally[/bold]: an early-exit model on MNIST-5k, on the testbed")
+    exit_demo(topology, out / "exits", emulate=not no_emulate)
     console.print(
         f"written: {out / 'plan.json'}, {figure}, {out / 'report.md'}, {out / 'bench.json'}, "
-        f"{out / 'latency.png'}"
+        f"{out / 'latency.png'}, {out / 'exits' / 'report.md'}, {out / 'exits' / 'bench.json'}"
     )
 
 

@@ -1,0 +1,226 @@
+"""`tierflow bench` for an early-exit model: accuracy, exits, latency and bytes, on the runtime.
+
+Four deployments of one trained exit model are measured on the testbed with the same
+held-out inputs, one request per input, in order:
+
+* ``exit-aware``: the exit-aware plan (split and active exits chosen together);
+* ``exit-unaware``: the placement planned for the backbone alone, with the same exits
+  and thresholds switched on (what adding exits to an existing split gives);
+* ``no-exit``: the backbone alone on its own optimal plan (the model without exits);
+* ``raw-offload``: the backbone alone, all of it in the cloud (the raw input travels).
+
+Accuracy, exit rates and bytes are counted from what the runtime returned and what the
+emulated links carried. Latency is reported as the mean (the expectation the exit-aware
+planner predicts) besides p50 / p95, since with exits the distribution is bimodal.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tierflow.artifacts import build
+from tierflow.data.dataset import ArrayDataset
+from tierflow.graph.layer_graph import LayerGraph
+from tierflow.measure.testbed_bench import points_of
+from tierflow.plan.exit_options import FINAL_EXIT, ExitOptions
+from tierflow.plan.exit_planner import exit_unaware_plan, plan_with_exits
+from tierflow.plan.plan import Plan
+from tierflow.plan.planner import plan as make_plan
+from tierflow.plan.sweep import SweepSpec
+from tierflow.profile.profile import Profile
+from tierflow.runtime.client import connect
+from tierflow.testbed.bed import Testbed
+from tierflow.topology.schema import Topology
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExitConfigResult:
+    """One deployment of the exit model (or its backbone) measured at one sweep point."""
+
+    name: str
+    sweep: Mapping[str, float] | None
+    p50_ms: float
+    p95_ms: float
+    mean_ms: float
+    throughput_rps: float
+    bytes_per_link: Mapping[str, float]
+    predicted_ms: float
+    measured_over_predicted: float
+    accuracy: float
+    exit_rates: Mapping[str, float]
+    requests: int
+    speedup_vs_no_exit: float | None = None
+    accuracy_drop_pp: float | None = None
+    predicted_accuracy: float | None = None
+    tiers_used: tuple[str, ...] = field(default=())
+    exits: tuple[str, ...] = field(default=())
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    latencies_ms: list[float]
+    correct: int
+    exits: Counter[str]
+    bytes_per_link: dict[str, float]
+    wall_s: float
+
+
+def exit_configurations(
+    graph: LayerGraph,
+    topology: Topology,
+    options: ExitOptions,
+    profiles: Mapping[str, Profile],
+    *,
+    max_accuracy_drop_pp: float | None,
+) -> dict[str, Plan]:
+    """The four deployments compared (see the module docstring), planned under one cost model."""
+    aware = plan_with_exits(
+        graph,
+        topology,
+        options,
+        tier_profiles=profiles,
+        max_accuracy_drop_pp=max_accuracy_drop_pp,
+    )
+    backbone = make_plan(graph, topology, tier_profiles=profiles)
+    movable = [n.name for n in graph.nodes if n.op != "placeholder"]
+    cloud = topology.tier_names[-1]
+    return {
+        "exit-aware": aware,
+        "exit-unaware": exit_unaware_plan(graph, topology, options, aware, tier_profiles=profiles),
+        "no-exit": backbone,
+        "raw-offload": make_plan(
+            graph, topology, tier_profiles=profiles, pins=dict.fromkeys(movable, cloud)
+        ),
+    }
+
+
+def run_exit_bench(
+    backbone: nn.Module,
+    heads: Mapping[str, nn.Module],
+    inputs: tuple[torch.Tensor, ...],
+    graph: LayerGraph,
+    options: ExitOptions,
+    raw_topology: Mapping[str, Any],
+    profiles: Mapping[str, Profile],
+    test: ArrayDataset,
+    *,
+    sweep: SweepSpec | None = None,
+    samples: int | None = None,
+    max_accuracy_drop_pp: float | None = None,
+    emulate: bool = True,
+    work_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> list[ExitConfigResult]:
+    """Deploy each configuration on the testbed and send it the held-out inputs."""
+    say = progress or (lambda _: None)
+    count = len(test) if samples is None else min(samples, len(test))
+    x, y = test.x[:count], test.y[:count]
+    results: list[ExitConfigResult] = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as folder:
+        for index, (values, topology) in enumerate(points_of(raw_topology, sweep)):
+            configs = exit_configurations(
+                graph, topology, options, profiles, max_accuracy_drop_pp=max_accuracy_drop_pp
+            )
+            measured: dict[str, _Measured] = {}
+            for name, config in configs.items():
+                out = Path(folder) / f"{index}-{name}"
+                say(f"building {name}: {_describe(config)}")
+                build(backbone, config, inputs, out, exit_heads=heads if config.exits else None)
+                with Testbed(topology, out / "manifest.json", emulate=emulate) as bed:
+                    say(f"measuring {name} on {count} held-out inputs")
+                    measured[name] = _measure(bed, x, y)
+            results += _summarise(configs, measured, values)
+    return results
+
+
+def _describe(plan: Plan) -> str:
+    where = ", ".join(f"{tier}: {len(nodes)} nodes" for tier, nodes in plan.segments().items())
+    exits = ", ".join(f"{e.name}@{e.tier} ≥ {e.threshold:.3f}" for e in plan.exits)
+    return where + (f"; exits {exits}" if exits else "; no exits")
+
+
+def _measure(bed: Testbed, x: np.ndarray, y: np.ndarray) -> _Measured:
+    latencies: list[float] = []
+    exits: Counter[str] = Counter()
+    correct = 0
+    with connect(bed.entry, timeout_s=120.0) as client:
+        for sample in x[:5]:  # warm-up: sessions, connections, emulator buffers, caches
+            client.infer(sample[None])
+        before = bed.link_stats()
+        started = time.perf_counter()
+        for sample, label in zip(x, y, strict=True):
+            begin = time.perf_counter()
+            result = client.infer(sample[None])
+            latencies.append((time.perf_counter() - begin) * 1000)
+            correct += int(np.argmax(result.output[0]) == label)
+            exits[FINAL_EXIT if result.trace is None else result.trace.exit] += 1
+        wall = time.perf_counter() - started
+        after = bed.link_stats()
+    per_link = {
+        name: (after[name].bytes_up + after[name].bytes_down - s.bytes_up - s.bytes_down)
+        / len(latencies)
+        for name, s in before.items()
+    }
+    return _Measured(latencies, correct, exits, per_link, wall)
+
+
+def _summarise(
+    configs: Mapping[str, Plan],
+    measured: Mapping[str, _Measured],
+    sweep: Mapping[str, float] | None,
+) -> list[ExitConfigResult]:
+    reference = measured["no-exit"]
+    reference_mean = statistics.fmean(reference.latencies_ms)
+    reference_accuracy = reference.correct / len(reference.latencies_ms)
+    results = []
+    for name, config in configs.items():
+        m = measured[name]
+        n = len(m.latencies_ms)
+        mean = statistics.fmean(m.latencies_ms)
+        accuracy = m.correct / n
+        predicted = config.predicted.latency_ms
+        with_exits = bool(config.exits)
+        results.append(
+            ExitConfigResult(
+                name=name,
+                sweep=sweep,
+                p50_ms=statistics.median(m.latencies_ms),
+                p95_ms=float(np.percentile(m.latencies_ms, 95)),
+                mean_ms=mean,
+                throughput_rps=n / m.wall_s,
+                bytes_per_link=m.bytes_per_link,
+                predicted_ms=predicted,
+                measured_over_predicted=mean / predicted if predicted > 0 else float("nan"),
+                accuracy=accuracy,
+                exit_rates={exit: hits / n for exit, hits in sorted(m.exits.items())},
+                requests=n,
+                speedup_vs_no_exit=reference_mean / mean if with_exits else None,
+                accuracy_drop_pp=(reference_accuracy - accuracy) * 100 if with_exits else None,
+                predicted_accuracy=config.accuracy,
+                tiers_used=tuple(config.segments()),
+                exits=tuple(f"{e.name}@{e.tier}" for e in config.exits),
+                thresholds={e.name: e.threshold for e in config.exits},
+            )
+        )
+    return results
+
+
+def exit_results_to_json(results: Sequence[ExitConfigResult]) -> dict[str, Any]:
+    return {"configs": [r.to_dict() for r in results]}
