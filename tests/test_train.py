@@ -67,8 +67,9 @@ def test_two_epochs_equal_one_epoch_then_a_resumed_one(splits, tmp_path):
     # 1-epoch run extended to 2 follows a different schedule than a 2-epoch run.
     straight, first, resumed = exit_model(), exit_model(), exit_model()
     checkpoint = tmp_path / "checkpoint.safetensors"
-    once, twice = TrainSettings(epochs=1, schedule="constant"), TrainSettings(
-        epochs=2, schedule="constant"
+    once, twice = (
+        TrainSettings(epochs=1, schedule="constant"),
+        TrainSettings(epochs=2, schedule="constant"),
     )
 
     full = fit(straight, splits, twice)
