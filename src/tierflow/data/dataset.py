@@ -99,23 +99,42 @@ def split_dataset(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in (0, 1)"
             " and leave data for training"
         )
+    parts = _stratified(data, {"test": test_fraction, "val": val_fraction}, seed=seed)
+    return DatasetSplits(train=parts["train"], val=parts["val"], test=parts["test"])
+
+
+def split_train_val(
+    data: ArrayDataset, test: ArrayDataset, *, val_fraction: float = 0.1, seed: int = 0
+) -> DatasetSplits:
+    """Cut ``data`` into train / validation (stratified) and keep ``test`` as given."""
+    if not 0 < val_fraction < 1:
+        raise DatasetError(f"val_fraction={val_fraction} must be in (0, 1)")
+    parts = _stratified(data, {"val": val_fraction}, seed=seed)
+    return DatasetSplits(train=parts["train"], val=parts["val"], test=test)
+
+
+def _stratified(
+    data: ArrayDataset, fractions: dict[str, float], *, seed: int
+) -> dict[str, ArrayDataset]:
+    """Shuffled, per-class shares of ``data`` named by ``fractions``; the rest is "train"."""
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[NDArray[np.int64]]] = {"train": [], "val": [], "test": []}
+    chunks: dict[str, list[NDArray[np.int64]]] = {name: [] for name in [*fractions, "train"]}
     for label in range(data.classes):
         members = np.flatnonzero(data.y == label)
         rng.shuffle(members)
-        n_test = round(len(members) * test_fraction)
-        n_val = round(len(members) * val_fraction)
-        parts["test"].append(members[:n_test])
-        parts["val"].append(members[n_test : n_test + n_val])
-        parts["train"].append(members[n_test + n_val :])
-    index = {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
-    for name, chosen in index.items():
+        start = 0
+        for name, fraction in fractions.items():
+            count = round(len(members) * fraction)
+            chunks[name].append(members[start : start + count])
+            start += count
+        chunks["train"].append(members[start:])
+    parts = {}
+    # The order of these shuffles is part of the split: train first, then the named
+    # shares last to first, as in the first release, so existing runs keep their splits.
+    for name in ["train", *reversed(fractions)]:
+        chosen = np.sort(np.concatenate(chunks[name]))
         rng.shuffle(chosen)
         if len(chosen) == 0:
             raise DatasetError(f"dataset {data.name!r} is too small: its {name} split is empty")
-    return DatasetSplits(
-        train=data.subset(index["train"], f"{data.name}/train"),
-        val=data.subset(index["val"], f"{data.name}/val"),
-        test=data.subset(index["test"], f"{data.name}/test"),
-    )
+        parts[name] = data.subset(chosen, f"{data.name}/{name}")
+    return parts

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from tierflow.data.dataset import ArrayDataset, DatasetSplits, split_dataset
+from tierflow.data.dataset import ArrayDataset, DatasetSplits, split_dataset, split_train_val
 from tierflow.errors import DatasetError
 
 _BUILT_IN = {
@@ -115,10 +115,7 @@ def _npz(
     classes = max(classes, test_classes)
     data = ArrayDataset(data.x, data.y, classes, name=path.stem)
     test = ArrayDataset(arrays["x_test"].astype(np.float32), y_test, classes, f"{path.stem}/test")
-    # Only train/val come from `x`: a tiny test share is cut and discarded to reuse the
-    # stratified splitter, and the file's own test split is used instead.
-    inner = split_dataset(data, val_fraction=val_fraction, test_fraction=1e-9, seed=seed)
-    return DatasetSplits(train=inner.train, val=inner.val, test=test)
+    return split_train_val(data, test, val_fraction=val_fraction, seed=seed)
 
 
 def _folder(root: Path) -> ArrayDataset:
