@@ -11,6 +11,10 @@ EXPECTED = {
     "SplitModel", "TensorSpec", "TestbedError", "Tier", "TierflowError", "Topology",
     "TopologyError", "WireError", "__version__", "capture", "connect", "load_topology", "plan",
     "profile_model", "resolve_model", "run_split", "split", "trace",
+    # early exits, training and data; errors of the exit, fusion and compression work
+    "CodecError", "CompressionError", "DatasetError", "ExitError", "ExitModel", "ExitOptions",
+    "ExitPolicy", "FusionError", "TrainingError", "load_dataset", "load_exit_model",
+    "plan_with_exits", "train_run",
 }  # fmt: skip
 
 

@@ -7,11 +7,20 @@ The pipeline, one typed artifact to the next::
     plan(graph, topology, profile=...) → Plan
     split(model, plan, inputs) → segments;  run_split(segments, *inputs) → output
     tierflow build / serve / up  →  connect(address).infer(x) → Result(output, trace)
+
+    load_dataset(spec) → train_run(backbone, data=..., exits=...) → run dir (exits.json)
+    plan_with_exits(graph, topology, ExitOptions.load(...)) → Plan with early exits
 """
 
+from tierflow.data import load_dataset
 from tierflow.errors import (
     ArtifactError,
     CaptureError,
+    CodecError,
+    CompressionError,
+    DatasetError,
+    ExitError,
+    FusionError,
     InfeasiblePlanError,
     ModelSpecError,
     PartitionError,
@@ -21,16 +30,20 @@ from tierflow.errors import (
     TestbedError,
     TierflowError,
     TopologyError,
+    TrainingError,
     WireError,
 )
+from tierflow.exits import ExitModel, ExitPolicy
 from tierflow.graph import LayerGraph, LayerNode, TensorSpec, capture, trace
 from tierflow.models import resolve_model
 from tierflow.partition import Segment, SplitModel, run_split
 from tierflow.partition.from_plan import split
-from tierflow.plan import Cut, Objective, Plan, Prediction, plan
+from tierflow.plan import Cut, Objective, Plan, Prediction, plan, plan_with_exits
+from tierflow.plan.exit_options import ExitOptions
 from tierflow.profile import Profile, profile_model
 from tierflow.runtime.client import AsyncClient, Client, Result, connect
 from tierflow.topology import Link, Tier, Topology, load_topology
+from tierflow.train import load_exit_model, train_run
 
 __version__ = "0.1.0"
 
@@ -39,7 +52,15 @@ __all__ = [
     "AsyncClient",
     "CaptureError",
     "Client",
+    "CodecError",
+    "CompressionError",
     "Cut",
+    "DatasetError",
+    "ExitError",
+    "ExitModel",
+    "ExitOptions",
+    "ExitPolicy",
+    "FusionError",
     "InfeasiblePlanError",
     "LayerGraph",
     "LayerNode",
@@ -62,15 +83,20 @@ __all__ = [
     "TierflowError",
     "Topology",
     "TopologyError",
+    "TrainingError",
     "WireError",
     "__version__",
     "capture",
     "connect",
+    "load_dataset",
+    "load_exit_model",
     "load_topology",
     "plan",
+    "plan_with_exits",
     "profile_model",
     "resolve_model",
     "run_split",
     "split",
     "trace",
+    "train_run",
 ]
