@@ -10,6 +10,14 @@ A plan with early exits adds an ``exits`` list: per exit, the ONNX head that rea
 backbone value, its policy and threshold, and the segment it follows. A tier holding an
 exit then has several segments (``part`` 0, 1, ...), cut right after the exit's node.
 Manifests without exits have neither field and read as before.
+
+A manifest may add ``link_codecs``: per sending tier, the activation codec spec (see
+:mod:`tierflow.compress.codecs`) for each cut tensor it sends on its link upward, e.g.
+``{"edge": {"pool2": "int8+zstd"}}``. The section is optional and additive (the format
+version stays 1): without it every tensor travels as raw bytes, exactly as before, and a
+tierflow that does not know the section ignores it and sends raw bytes, which every tier
+still accepts. :func:`~tierflow.runtime.manifest_route.route_from_manifest` reads it and
+checks the specs and tensor names against the tier's route.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -214,6 +222,9 @@ class Manifest:
         In tier order, lowest first; a tier cut by an exit has several, in part order.
     exits:
         Early exits, in the order their tiers run them (empty without exits).
+    link_codecs:
+        Per sending tier, ``{tensor name: codec spec}`` for the tensors it compresses on
+        its link upward (empty: every tensor travels raw). See the module docstring.
     root:
         The directory the manifest was read from or written to (not serialised).
     """
@@ -225,8 +236,10 @@ class Manifest:
     segments: tuple[SegmentEntry, ...]
     root: Path = Path()
     exits: tuple[ExitEntry, ...] = ()
+    link_codecs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_link_codecs(self.link_codecs)
         for entry in self.exits:
             if not 0 <= entry.after < len(self.segments):
                 raise ArtifactError(
@@ -256,6 +269,10 @@ class Manifest:
         }
         if self.exits:
             document["exits"] = [e.to_dict() for e in self.exits]
+        if self.link_codecs:
+            document["link_codecs"] = {
+                tier: dict(codecs) for tier, codecs in self.link_codecs.items()
+            }
         return document
 
     def to_json(self) -> str:
@@ -279,6 +296,7 @@ class Manifest:
                 segments=tuple(SegmentEntry.from_dict(s) for s in data["segments"]),
                 root=root,
                 exits=tuple(ExitEntry.from_dict(e) for e in data.get("exits", ())),
+                link_codecs=_read_link_codecs(data.get("link_codecs", {}), source=source),
             )
         except KeyError as exc:
             raise ArtifactError(f"{source}: missing field {exc.args[0]!r}") from None
@@ -304,6 +322,10 @@ class Manifest:
                 f"(it has {', '.join(self.tiers) or 'none'})"
             )
         return entries
+
+    def codecs_of(self, tier: str) -> dict[str, str]:
+        """``{tensor: codec spec}`` for the link leaving ``tier`` (empty: all raw)."""
+        return dict(self.link_codecs.get(tier, {}))
 
     def exits_of(self, tier: str) -> tuple[ExitEntry, ...]:
         """The exits ``tier`` runs, in the order it runs them."""
@@ -331,6 +353,25 @@ class Manifest:
                 f"plan_sha256 {self.plan_sha256}"
             )
         return plan
+
+
+def _check_link_codecs(link_codecs: Mapping[str, Mapping[str, str]]) -> None:
+    """Structure only: codec specs and tensor names are checked against a tier's route."""
+    for tier, codecs in link_codecs.items():
+        for tensor, spec in codecs.items():
+            if not (isinstance(tensor, str) and isinstance(spec, str) and tensor and spec):
+                raise ArtifactError(
+                    f"link_codecs of tier {tier!r}: entry {tensor!r}: {spec!r} must map a "
+                    "tensor name to a codec spec string"
+                )
+
+
+def _read_link_codecs(raw: Any, *, source: str) -> dict[str, dict[str, str]]:
+    if not isinstance(raw, Mapping) or not all(isinstance(c, Mapping) for c in raw.values()):
+        raise ArtifactError(
+            f"{source}: link_codecs must map a tier to {{tensor: codec spec}}, got {raw!r}"
+        )
+    return {str(tier): dict(codecs) for tier, codecs in raw.items()}
 
 
 def load_manifest(path: str | Path) -> Manifest:

@@ -41,6 +41,20 @@ def parse_address(text: str, *, option: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def parse_codecs(items: list[str] | None) -> dict[str, str]:
+    """``--codec TENSOR=SPEC`` options → ``{tensor: spec}``; a later one for the same
+    tensor wins. The specs are checked against the tier's route when it is derived."""
+    codecs: dict[str, str] = {}
+    for item in items or ():
+        name, sep, spec = item.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise TierflowError(
+                f"--codec {item!r}: expected TENSOR=SPEC, e.g. pool2=int8+zstd (or pool2=none)"
+            )
+        codecs[name.strip()] = spec.strip()
+    return codecs
+
+
 @contextlib.contextmanager
 def _until_signalled() -> Iterator[threading.Event]:
     """An event set on SIGINT or SIGTERM; the previous handlers come back afterwards."""
@@ -84,6 +98,14 @@ def serve_command(
     tls_key: Annotated[Path | None, typer.Option(help="PEM key for TLS")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="PEM CA: require client certs")] = None,
     max_message_mb: Annotated[float, typer.Option(min=1, help="Largest message, MiB")] = 256,
+    codec: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TENSOR=SPEC",
+            help="Compress a forwarded tensor on the link upward, e.g. pool2=int8+zstd"
+            " (repeatable; overrides the manifest's link_codecs; SPEC none sends it raw)",
+        ),
+    ] = None,
 ) -> None:
     """Serve one tier of a built plan; prints `listening HOST:PORT` once ready."""
     from tierflow.artifacts import load_manifest
@@ -100,6 +122,7 @@ def serve_command(
     from tierflow.runtime.transport import GrpcTransport
 
     host, port = parse_address(listen, option="--listen")
+    codecs = parse_codecs(codec)
     loaded = load_manifest(manifest)
     order = loaded.load_plan().tiers
     if tier not in order:
@@ -130,6 +153,7 @@ def serve_command(
         transport=transport,
         tiers=order,
         intra_op_threads=threads,
+        codecs=codecs,
     )
     server = TierServer(
         service,
@@ -323,8 +347,9 @@ def _trace_table(trace: Trace) -> Table:
             hop.tier, f"{hop.compute_ms:.2f}", f"{hop.queue_ms:.2f}", f"{hop.service_ms:.2f}", ""
         )
     for link in trace.links:
+        codecs = ", ".join(f"{name} {spec}" for name, spec in link.codecs.items())
         table.add_row(
-            f"{link.source} → {link.target}",
+            f"{link.source} → {link.target}" + (f" ({codecs})" if codecs else ""),
             "",
             "",
             f"{link.transfer_ms:.2f}",

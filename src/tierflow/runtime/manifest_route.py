@@ -11,14 +11,21 @@ Early exits need nothing forwarded: a head reads a value of its own tier, and an
 under the final output's name, which every route already returns.
 :func:`~tierflow.runtime.manifest_service.service_from_manifest` loads a tier's exits
 with its executors and this route.
+
+A tier compresses the tensors it forwards as the manifest's optional ``link_codecs``
+section says for it (``{tensor: codec spec}``), with ``codecs`` given here (``tierflow
+serve --codec``) overriding it tensor by tensor; the spec ``"none"`` sends a tensor raw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from tierflow.artifacts.manifest import Manifest
-from tierflow.errors import ArtifactError
+from tierflow.compress.codecs import codec_from_spec
+from tierflow.errors import ArtifactError, CodecError
 from tierflow.runtime.route import Route, Upstream
 
 
@@ -28,6 +35,7 @@ def route_from_manifest(
     upstream: Upstream | None,
     *,
     tiers: Sequence[str] | None = None,
+    codecs: Mapping[str, str] | None = None,
 ) -> Route:
     """The route of ``tier``: what it forwards to ``upstream`` and which outputs it returns.
 
@@ -42,12 +50,16 @@ def route_from_manifest(
         from here (the route then ends at this tier).
     tiers:
         All tiers in path order; defaults to the stored plan's (hash-checked) tiers.
+    codecs:
+        ``{tensor: codec spec}`` overriding the manifest's ``link_codecs`` of ``tier``;
+        ``"none"`` sends that tensor raw.
 
     Raises
     ------
     ArtifactError
-        If ``tier`` is not a tier of the plan, or higher tiers need values but no
-        ``upstream`` is given.
+        If ``tier`` is not a tier of the plan, higher tiers need values but no
+        ``upstream`` is given, or a codec names a tensor the tier does not forward, a
+        tensor that is not floating point, or an unknown codec.
 
     Examples
     --------
@@ -93,10 +105,37 @@ def route_from_manifest(
     outputs = tuple(
         name for name in manifest.final_outputs if produced_at.get(name, -1) >= position
     )
+    chosen = _link_codecs(manifest, tier, forward, codecs or {})
     if not forward:
         return Route(tier, outputs=outputs)
     if upstream is None:
         raise ArtifactError(
             f"tier {tier!r} must forward {forward} to a higher tier, but has no upstream"
         )
-    return Route(tier, outputs=outputs, forward=tuple(forward), upstream=upstream)
+    return Route(tier, outputs=outputs, forward=tuple(forward), upstream=upstream, codecs=chosen)
+
+
+def _link_codecs(
+    manifest: Manifest, tier: str, forward: Sequence[str], overrides: Mapping[str, str]
+) -> dict[str, str]:
+    """The manifest's codecs for ``tier``'s link, overridden; checked against the route."""
+    chosen = {**manifest.codecs_of(tier), **overrides}
+    chosen = {name: spec for name, spec in chosen.items() if spec.strip().lower() != "none"}
+    dtypes = {
+        value.name: value.dtype
+        for segment in manifest.segments
+        for value in (*segment.inputs, *segment.outputs)
+    }
+    for name, spec in chosen.items():
+        where = f"codec {spec!r} for tensor {name!r} on the link from tier {tier!r}"
+        if name not in forward:
+            sent = ", ".join(forward) or "nothing"
+            raise ArtifactError(f"{where}: the tier does not forward it (it forwards {sent})")
+        # Codecs quantise floating-point activations; ints (shapes, token ids) stay raw.
+        if not np.issubdtype(np.dtype(dtypes[name]), np.floating):
+            raise ArtifactError(f"{where}: the tensor is {dtypes[name]}, not floating point")
+        try:
+            codec_from_spec(spec)
+        except CodecError as error:
+            raise ArtifactError(f"{where}: {error}") from error
+    return chosen

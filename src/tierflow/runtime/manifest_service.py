@@ -7,7 +7,7 @@ route onward and the specs of the final outputs computed upstream.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tierflow.artifacts.executors import load_executors
 from tierflow.artifacts.exit_heads import load_tier_exits
@@ -28,6 +28,7 @@ def service_from_manifest(
     transport: Transport | None = None,
     tiers: Sequence[str] | None = None,
     intra_op_threads: int | None = None,
+    codecs: Mapping[str, str] | None = None,
 ) -> TierService:
     """The service of ``tier``: segments and exit heads loaded (digests checked), routed.
 
@@ -43,6 +44,9 @@ def service_from_manifest(
         How to reach ``upstream``; required when the route keeps it.
     intra_op_threads:
         ONNX Runtime's intra-op threads per session.
+    codecs:
+        ``{tensor: codec spec}`` overriding the manifest's ``link_codecs`` for this
+        tier's link upward (``"none"``: send raw).
 
     Raises
     ------
@@ -60,7 +64,7 @@ def service_from_manifest(
     if tier in manifest.tiers:
         executors = load_executors(manifest, tier, intra_op_threads=intra_op_threads)
     exits = load_tier_exits(manifest, tier, intra_op_threads=intra_op_threads)
-    route = route_from_manifest(manifest, tier, upstream, tiers=tiers)
+    route = route_from_manifest(manifest, tier, upstream, tiers=tiers, codecs=codecs)
     if route.upstream is not None and transport is None:
         raise ArtifactError(f"tier {tier!r} forwards to {route.upstream.tier!r}: pass a transport")
     specs = {value.name: value.spec for entry in manifest.segments for value in entry.outputs}

@@ -13,7 +13,8 @@ protobuf header (see Note [Raw contents beside protobuf] in :mod:`tierflow.runti
   Runtime and PyTorch accept); copy one (``array.copy()``) to write into it.
 
 String parameters carry metadata such as the ``tierflow-trace`` (see
-:mod:`tierflow.runtime.trace`).
+:mod:`tierflow.runtime.trace`); tensor parameters mark compressed tensors (see
+:mod:`tierflow.runtime.link_codecs`).
 """
 
 from __future__ import annotations
@@ -117,12 +118,21 @@ def string_parameters(source: MessageMap[str, pb.InferParameter]) -> dict[str, s
     }
 
 
-def _add_tensors(specs: Any, tensors: Mapping[str, NDArray[np.generic]]) -> tuple[memoryview, ...]:
-    """Describe each tensor in ``specs`` (a header's inputs or outputs); return its bytes."""
+def _add_tensors(
+    specs: Any,
+    tensors: Mapping[str, NDArray[np.generic]],
+    parameters: Mapping[str, Mapping[str, str]] | None = None,
+) -> tuple[memoryview, ...]:
+    """Describe each tensor in ``specs`` (a header's inputs or outputs); return its bytes.
+
+    ``parameters`` adds string parameters to the named tensors' descriptions.
+    """
     raw = []
     for name, array in tensors.items():
         datatype, shape, data = _encode(name, np.asarray(array))
-        specs.add(name=name, datatype=datatype, shape=shape)
+        spec = specs.add(name=name, datatype=datatype, shape=shape)
+        if parameters and name in parameters:
+            set_string_parameters(spec.parameters, parameters[name])
         raw.append(data)
     return tuple(raw)
 
@@ -142,10 +152,15 @@ def request_from_tensors(
     *,
     request_id: str = "",
     parameters: Mapping[str, str] | None = None,
+    tensor_parameters: Mapping[str, Mapping[str, str]] | None = None,
 ) -> InferRequest:
-    """A ModelInfer request carrying ``tensors`` as raw little-endian bytes (not copied)."""
+    """A ModelInfer request carrying ``tensors`` as raw little-endian bytes (not copied).
+
+    ``parameters`` are the request's string parameters, ``tensor_parameters`` those of
+    individual input tensors, by tensor name.
+    """
     header = pb.ModelInferRequest(model_name=model, id=request_id)
-    raw = _add_tensors(header.inputs, tensors)
+    raw = _add_tensors(header.inputs, tensors, tensor_parameters)
     set_string_parameters(header.parameters, parameters or {})
     return InferRequest(header, raw)
 
@@ -153,6 +168,16 @@ def request_from_tensors(
 def tensors_from_request(request: InferRequest) -> TensorMap:
     """The request's input tensors as read-only numpy views; WireError if malformed."""
     return _read_tensors("request", request.header.inputs, request.raw)
+
+
+def input_parameters(request: InferRequest) -> dict[str, dict[str, str]]:
+    """String parameters of the request's input tensors, by tensor name; tensors without
+    any are left out (so a request without tensor parameters gives ``{}``)."""
+    return {
+        spec.name: string_parameters(spec.parameters)
+        for spec in request.header.inputs
+        if spec.parameters
+    }
 
 
 def response_from_tensors(

@@ -10,6 +10,10 @@ A tier may run early exits (:class:`~tierflow.runtime.early_exit.TierExit`) betw
 executors: when an exit is confident for the whole request (Note [batch rule for early
 exits]), the tier answers with the exit's logits under the model's output name and runs
 nothing further, here or upstream.
+
+Tensors the route names a codec for travel upstream compressed, and compressed tensors a
+caller sends are decoded before anything reads them (Note [Codec payloads on the wire] in
+:mod:`tierflow.runtime.link_codecs`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tierflow.errors import ServiceError, TierflowError, WireError
-from tierflow.runtime import serde
+from tierflow.compress.codecs import Codec, codec_from_spec
+from tierflow.errors import CodecError, ServiceError, TierflowError, WireError
+from tierflow.runtime import link_codecs, serde
 from tierflow.runtime._proto import grpc_predict_v2_pb2 as pb
 from tierflow.runtime.early_exit import TierExit
 from tierflow.runtime.executor import Executor, IOSpec
@@ -96,6 +101,10 @@ class TierService:
         self.output_specs = tuple(output_specs)
         self.transport = transport
         self.exits = tuple(sorted(exits, key=lambda e: e.after))
+        # Built once: the route checked the specs, requests only encode.
+        self._codecs: dict[str, Codec] = {
+            name: codec_from_spec(spec) for name, spec in route.codecs.items()
+        }
         self._answer_listeners: list[Callable[[str], None]] = []
         # Executors need not be thread-safe (ONNX Runtime sessions are, PyTorch modules
         # with state may not be): one request computes at a time, the wait is `queue_ms`.
@@ -147,13 +156,16 @@ class TierService:
 
         The request's tensors are read as views of its bytes and tensors forwarded or
         answered unchanged are written from those views: a relay copies no tensor itself
-        (the only copy is gRPC's ``bytes`` for each message sent).
+        (the only copy is gRPC's ``bytes`` for each message sent). Tensors the route
+        compresses, and compressed tensors received, are new arrays.
         """
         started = time.perf_counter()
         deadline = None if timeout_s is None else started + timeout_s
         self.check_model(request.header.model_name)
         try:
-            pool = serde.tensors_from_request(request)
+            pool = link_codecs.decode_tensors(
+                serde.tensors_from_request(request), serde.input_parameters(request)
+            )
         except WireError as error:
             raise ServiceError("INVALID_ARGUMENT", f"tier {self.tier!r}: {error}") from error
 
@@ -260,8 +272,16 @@ class TierService:
                 f"tier {self.tier!r}: tensors {missing} to forward to {upstream.tier!r} are neither"
                 " received nor computed here",
             )
+        try:
+            tensors, marks = link_codecs.encode_tensors(
+                {name: pool[name] for name in self.route.forward}, self._codecs
+            )
+        except CodecError as error:
+            raise ServiceError(
+                "INTERNAL", f"tier {self.tier!r}: cannot compress for {upstream.tier!r}: {error}"
+            ) from error
         request = serde.request_from_tensors(
-            self.model, {name: pool[name] for name in self.route.forward}, request_id=request_id
+            self.model, tensors, request_id=request_id, tensor_parameters=marks
         )
         timeout_s = None
         if deadline is not None:
@@ -291,5 +311,6 @@ class TierService:
             request_bytes=request.nbytes,
             response_bytes=response.nbytes,
             transfer_ms=max(0.0, round(_ms(round_trip_s) - upstream_ms, 3)),
+            codecs={name: codec.name for name, codec in self._codecs.items()},
         )
         return outputs, trace, link

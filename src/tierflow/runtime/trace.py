@@ -38,7 +38,10 @@ class LinkHop:
     """One forwarding hop between tiers, measured by the sending tier.
 
     ``transfer_ms`` is the round trip minus the time the receiving tier reported for
-    itself: serialisation, network and protocol overhead in both directions.
+    itself: serialisation, network and protocol overhead in both directions (encoding
+    and decoding compressed tensors are not in it). ``request_bytes`` counts what was
+    sent, after compression; ``codecs`` names the codec of each tensor sent compressed
+    (empty when all travelled raw).
     """
 
     source: str
@@ -46,6 +49,26 @@ class LinkHop:
     request_bytes: int
     response_bytes: int
     transfer_ms: float
+    codecs: dict[str, str] = field(default_factory=dict)
+
+    def to_document(self) -> dict[str, Any]:
+        # vars() rather than asdict(): see Trace.to_json. Without codecs the field is left
+        # out, so such traces read the same as those of tierflow versions before codecs.
+        document = vars(self).copy()
+        if not self.codecs:
+            del document["codecs"]
+        return document
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> LinkHop:
+        return cls(
+            source=str(document["source"]),
+            target=str(document["target"]),
+            request_bytes=int(document["request_bytes"]),
+            response_bytes=int(document["response_bytes"]),
+            transfer_ms=float(document["transfer_ms"]),
+            codecs={str(k): str(v) for k, v in document.get("codecs", {}).items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -72,7 +95,7 @@ class Trace:
             # vars() rather than asdict(): the hops hold only scalars, and asdict's deep
             # copy was a tenth of a small request's time in a tier (profiled).
             "tiers": [vars(hop) for hop in self.tiers],
-            "links": [vars(hop) for hop in self.links],
+            "links": [hop.to_document() for hop in self.links],
             "exit": self.exit,
         }
         return json.dumps(document, separators=(",", ":"))
@@ -84,10 +107,10 @@ class Trace:
             return cls(
                 produced_by=str(document["produced_by"]),
                 tiers=tuple(TierHop(**hop) for hop in document["tiers"]),
-                links=tuple(LinkHop(**hop) for hop in document["links"]),
+                links=tuple(LinkHop.from_document(hop) for hop in document["links"]),
                 exit=str(document.get("exit", FINAL)),
             )
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise WireError(f"parameter {TRACE_PARAMETER!r} is malformed: {error}") from error
 
     def __str__(self) -> str:
@@ -97,8 +120,14 @@ class Trace:
         ]
         parts += [
             f"{hop.source}→{hop.target} {hop.request_bytes}+{hop.response_bytes} B"
-            f" {hop.transfer_ms:.2f} ms"
+            f"{_codecs_note(hop)} {hop.transfer_ms:.2f} ms"
             for hop in self.links
         ]
         answered = "" if self.exit == FINAL else f" at exit {self.exit}"
         return f"produced by {self.produced_by}{answered}: " + "; ".join(parts)
+
+
+def _codecs_note(hop: LinkHop) -> str:
+    if not hop.codecs:
+        return ""
+    return " (" + ", ".join(f"{name} {spec}" for name, spec in hop.codecs.items()) + ")"
