@@ -13,11 +13,15 @@ from tierflow.profile.in_tier import ProfiledExecutor, profile_in_tier
 from tierflow.profile.profile import Profile
 from tierflow.topology.schema import Topology
 
+# Bumped when the way a tier is profiled changes, so that older cached profiles are not
+# reused: 2 = served latencies are means, not medians (Note [mean under a CPU quota]).
+_METHOD = 2
+
 
 def _cache_key(spec: str, speed: float, executor: str, runs: int, input_shape: str | None) -> str:
     # A cached profile is only valid for the same model, budget, executor and software.
     identity = json.dumps(
-        [spec, speed, executor, runs, input_shape, torch.__version__], sort_keys=True
+        [spec, speed, executor, runs, input_shape, torch.__version__, _METHOD], sort_keys=True
     )
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 

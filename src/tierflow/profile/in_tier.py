@@ -69,7 +69,8 @@ def _profile_child(
 def _served_whole_ms(
     spec: str, tier: str, speed: float, threads: int, *, input_shape: str | None
 ) -> tuple[float, int]:
-    """Median latency of the whole model served as one ONNX tier at ``speed``."""
+    """Mean latency of the whole model served as one ONNX tier at ``speed`` (Note [mean
+    under a CPU quota] in :mod:`tierflow.measure.service_probe`)."""
     # Imported here: building and serving pull in the runtime, which profiling alone
     # does not need.
     from tierflow.artifacts import build
