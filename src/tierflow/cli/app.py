@@ -46,6 +46,7 @@ def main() -> None:
     from tierflow.cli import (  # noqa: F401
         commands_bench,
         commands_build,
+        commands_compress,
         commands_fusion,
         commands_hop,
         commands_model,
