@@ -56,6 +56,10 @@ class CostModel:
     them, every cost is the *expectation* over inputs: ``reach[n]`` is the probability that
     an input reaches node ``n``, and the active exits' heads are already folded into their
     attach nodes' ``compute_ms``.
+
+    The ``codec_*`` fields list activation-codec candidates the planner may choose per
+    crossing (docs/concepts.md, "Activation codecs in the cost model"); empty by default,
+    which leaves the program exactly as without them.
     """
 
     node_names: tuple[str, ...]
@@ -85,6 +89,15 @@ class CostModel:
     exit_nodes: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [X]
     exit_rates: FloatArray = field(default_factory=lambda: np.zeros(0))  # [X] answered there
     exit_out_bytes: FloatArray = field(default_factory=lambda: np.zeros(0))  # [X] logits
+    # Activation codecs (docs/concepts.md, "Activation codecs in the cost model"): candidate
+    # k may compress node codec_node[k]'s value on any link it crosses. Empty: none.
+    codec_specs: tuple[str, ...] = ()  # [K] codec spec of each candidate, e.g. "int8+zstd"
+    codec_node: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [K]
+    codec_ratio: FloatArray = field(default_factory=lambda: np.zeros(0))  # [K] bytes after/before
+    codec_encode_ms: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))  # [K, T]
+    codec_decode_ms: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))  # [K, T]
+    codec_drop_pp: FloatArray = field(default_factory=lambda: np.zeros(0))  # [K] accuracy cost
+    max_codec_drop_pp: float | None = None  # budget on the summed drop of the chosen codecs
 
     @property
     def n_nodes(self) -> int:
@@ -102,6 +115,11 @@ class CostModel:
     def expected(self) -> bool:
         """Whether costs are expectations over early exits rather than one full input."""
         return self.reach is not None or len(self.exit_nodes) > 0
+
+    @property
+    def n_codecs(self) -> int:
+        """Number of (value, codec) candidates the planner may choose from."""
+        return len(self.codec_specs)
 
     @property
     def node_reach(self) -> FloatArray:

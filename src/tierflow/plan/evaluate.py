@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tierflow.plan.cost_model import BYTES_PER_MB, CostModel, FloatArray, IntArray
+from tierflow.plan.cost_model import BYTES_PER_MB, BoolArray, CostModel, FloatArray, IntArray
 from tierflow.plan.objective import Objective
 
 
@@ -105,17 +105,24 @@ def link_weights(cost: CostModel) -> dict[str, float]:
     return dict(zip(cost.link_names, (float(w) for w in cost.link_weight), strict=True))
 
 
-def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
+def evaluate(cost: CostModel, tiers: IntArray, codecs: IntArray | None = None) -> Prediction:
     """Predict the cost of running node ``i`` on tier ``tiers[i]`` for every node.
 
     ``tiers`` must send data only upward (producers never above consumers); anything
     else is not a valid placement and raises ``ValueError``. With early exits in ``cost``
     the result is the expected cost over inputs.
+
+    ``codecs[n, l]`` (shape ``[N, L]``) is the codec candidate of ``cost`` that compresses
+    node ``n``'s value on link ``l``, or -1 for raw bytes (``None``: all raw). A candidate
+    may only compress its own value on a link that value crosses, else ``ValueError``.
+    Encode and decode times count as compute of the sending and receiving tiers.
     """
     tiers = np.asarray(tiers, dtype=np.int64)
     n_links = cost.n_tiers - 1
     if np.any(tiers[cost.edge_src] > tiers[cost.edge_dst]):
         raise ValueError("assignment sends data down the tier order")
+    if cost.expected and codecs is not None and np.any(np.asarray(codecs) >= 0):
+        raise ValueError("activation codecs cannot be evaluated together with early exits")
 
     if cost.expected:
         compute, up, down, used = _expected_flows(cost, tiers)
@@ -138,6 +145,8 @@ def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
         down = cost.out_bytes[cost.output_nodes] @ returns
         top = tiers.max() if cost.n_nodes else 0
         used = (links < top).astype(np.float64)
+        if codecs is not None:
+            compute, up = _with_codecs(cost, crosses, np.asarray(codecs), compute, up)
     up_ms = up * cost.up_ms_per_byte
     down_ms = down * cost.down_ms_per_byte
     # Tier l+1 is on the request's path exactly when link l is used; tier 0 always is.
@@ -159,6 +168,10 @@ def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
     period = float(stages.max()) if stages.size else 0.0
 
     violations = _violations(cost, tiers, latency)
+    drop = codec_drop_pp(cost, codecs)
+    budget = cost.max_codec_drop_pp
+    if budget is not None and drop > budget + 1e-9 * max(1.0, budget):
+        violations.append(f"accuracy budget: codecs drop {drop:g} pp > {budget:g} pp")
     return Prediction(
         latency_ms=latency,
         energy_mj=None if energy is None else float(energy),
@@ -169,6 +182,39 @@ def evaluate(cost: CostModel, tiers: IntArray) -> Prediction:
         feasible=not violations,
         violations=tuple(violations),
     )
+
+
+def codec_drop_pp(cost: CostModel, codecs: IntArray | None) -> float:
+    """Summed accuracy drop (percentage points) of the chosen codecs, one per link use."""
+    if codecs is None:
+        return 0.0
+    chosen = np.asarray(codecs)
+    return float(cost.codec_drop_pp[chosen[chosen >= 0]].sum())
+
+
+def _with_codecs(
+    cost: CostModel, crosses: BoolArray, codecs: IntArray, compute: FloatArray, up: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Compute per tier and bytes up per link once the chosen codecs are applied."""
+    if codecs.shape != crosses.shape:
+        raise ValueError(f"codecs has shape {codecs.shape}, expected {crosses.shape}")
+    compute, up = compute.copy(), up.copy()
+    for node, link in zip(*np.nonzero(codecs >= 0), strict=True):
+        k = int(codecs[node, link])
+        if k >= cost.n_codecs or cost.codec_node[k] != node:
+            raise ValueError(
+                f"codecs[{node}, {link}] = {k} is not a codec candidate of node "
+                f"{cost.node_names[node]}"
+            )
+        if not crosses[node, link]:
+            raise ValueError(
+                f"codecs[{node}, {link}]: {cost.node_names[node]} does not cross "
+                f"{cost.link_names[link]}"
+            )
+        up[link] -= cost.out_bytes[node] * (1.0 - cost.codec_ratio[k])
+        compute[link] += cost.codec_encode_ms[k, link]
+        compute[link + 1] += cost.codec_decode_ms[k, link + 1]
+    return compute, up
 
 
 def _expected_flows(cost: CostModel, tiers: IntArray) -> tuple[FloatArray, ...]:

@@ -13,6 +13,12 @@ graphs at LP speed; memory and SLO rows make it a true MILP.
 With early exits the costs are expectations: compute is weighted by each node's reach,
 and every crossing and "used" indicator is split into reach levels with positive
 weights (:mod:`tierflow.plan.expected_terms`), which keeps the same structure.
+
+With activation codecs (docs/concepts.md, "Activation codecs in the cost model") a
+binary ``y[k, l]`` says candidate ``k`` (a codec for one value) compresses that value on
+link ``l``; ``Σ_k y[k, l] <= c[u, l]`` over the candidates of ``u``, and one row bounds the
+summed accuracy drop. The budget row is a knapsack, so the LP may be fractional there and
+the MILP fallback then decides. Without candidates the program is unchanged.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class Solution:
     status: str
     objective_value: float
     method: str = "lp"
+    codecs: IntArray | None = None  # [N, L] candidate compressing n's value on l; -1: raw
 
 
 class _Program:
@@ -80,7 +87,11 @@ class _Program:
         self.used0 = self.c0 + len(crossings.weight) * links
         self.peak0 = self.used0 + len(levels.weight) * links
         self.period = self.peak0 + len(self.limited)
-        self.size = self.period + 1
+        self.y0 = self.period + 1
+        self.n_codecs = cost.n_codecs
+        if self.n_codecs and cost.expected:
+            raise PlanError("activation codecs cannot be planned together with early exits")
+        self.size = self.y0 + self.n_codecs * links
         self.rows: list[tuple[IntArray, IntArray, FloatArray]] = []
         self.lower: list[FloatArray] = []
         self.upper: list[FloatArray] = []
@@ -92,6 +103,9 @@ class _Program:
 
     def c(self, terms: IntArray, link: int) -> IntArray:
         return np.asarray(self.c0 + np.asarray(terms) * self.n_links + link)
+
+    def y(self, candidates: IntArray | int, link: int) -> IntArray:
+        return np.asarray(self.y0 + np.asarray(candidates) * self.n_links + link)
 
     def used(self, levels: IntArray | int, link: int) -> IntArray:
         return np.asarray(self.used0 + np.asarray(levels) * self.n_links + link)
@@ -129,6 +143,12 @@ class _Program:
             const += service
         else:  # tier t is on the path exactly when link t-1 is used
             self.add_used(coef, tier - 1, service)
+        if self.n_codecs:  # a tier encodes what it sends up and decodes what it receives
+            candidates = np.arange(self.n_codecs)
+            if tier < self.n_links:
+                coef[self.y(candidates, tier)] += self.cost.codec_encode_ms[:, tier]
+            if tier > 0:
+                coef[self.y(candidates, tier - 1)] += self.cost.codec_decode_ms[:, tier]
         return coef, const
 
     def up_bytes(self, link: int) -> FloatArray:
@@ -137,6 +157,11 @@ class _Program:
         coef[self.c(np.arange(len(terms.weight)), link)] = (
             self.cost.out_bytes[terms.node] * terms.weight
         )
+        if self.n_codecs:  # a compressed value sends ratio · its bytes instead of all of them
+            cost = self.cost
+            coef[self.y(np.arange(self.n_codecs), link)] = -cost.out_bytes[cost.codec_node] * (
+                1.0 - cost.codec_ratio
+            )
         return coef
 
     def down_bytes(self, link: int) -> FloatArray:
@@ -267,8 +292,11 @@ class _Program:
             objective += weight * coef
             const += weight * form_const
 
-        if np.any(objective[self.c0 : self.peak0] < 0):
+        # With codecs, c must be exact: y <= c would otherwise let a value that does not
+        # cross "compress" itself whenever that looks cheap.
+        if np.any(objective[self.c0 : self.peak0] < 0) or self.n_codecs:
             self.add_exactness_rows()
+        self.add_codec_rows()
         self.add_memory_rows()
         if cost.slo_ms is not None:
             latency, latency_const = self.latency()
@@ -287,6 +315,30 @@ class _Program:
             ):
                 coef[self.period] = -1.0
                 self.add_form(coef, -np.inf, 0.0)
+
+    def add_codec_rows(self) -> None:
+        """At most one codec per crossing value and link, and the accuracy budget row."""
+        cost = self.cost
+        if not self.n_codecs:
+            return
+        c_index = np.full(cost.n_nodes, -1, dtype=np.int64)
+        c_index[self.crossings.node] = np.arange(len(self.crossings.node))
+        candidates = np.flatnonzero(c_index[cost.codec_node] >= 0)  # others are bound to 0
+        for link in range(self.n_links):
+            for u in np.unique(cost.codec_node[candidates]):  # Σ_k y[k, l] − c[u, l] <= 0
+                own = candidates[cost.codec_node[candidates] == u]
+                self.add_rows(
+                    np.zeros(len(own) + 1, dtype=np.int64),
+                    np.concatenate([self.y(own, link), self.c(c_index[u : u + 1], link)]),
+                    np.concatenate([np.ones(len(own)), [-1.0]]),
+                    np.array([-np.inf]),
+                    np.array([0.0]),
+                )
+        if cost.max_codec_drop_pp is not None:
+            coef, _ = self.form()
+            for link in range(self.n_links):
+                coef[self.y(np.arange(self.n_codecs), link)] = cost.codec_drop_pp
+            self.add_form(coef, -np.inf, cost.max_codec_drop_pp)
 
     def add_exactness_rows(self) -> None:
         """Pin c and used to their exact values when the objective would inflate them.
@@ -359,7 +411,11 @@ class _Program:
         cost, links = self.cost, self.n_links
         lower = np.zeros(self.size)
         upper = np.ones(self.size)
-        upper[self.peak0 :] = np.inf
+        upper[self.peak0 : self.y0] = np.inf
+        if self.n_codecs:  # a value that never crosses a link has no codec
+            lone = np.flatnonzero(self.users[cost.codec_node] == 0)
+            for link in range(links):
+                upper[self.y(lone, link)] = 0.0
         for node in range(cost.n_nodes):
             allowed = np.flatnonzero(cost.allowed[node])
             if len(allowed) == 0:
@@ -425,10 +481,15 @@ def solve(
             raise InfeasiblePlanError("no placement satisfies the constraints")
     if lp_first and relaxed.x is not None and relaxed.status == 0:
         z = relaxed.x[program.z0 : program.c0]
-        if np.all(np.abs(z - np.round(z)) <= _INTEGRAL_TOLERANCE):
-            return _solution(z, cost, program.n_links, "optimal", float(relaxed.fun + const), "lp")
+        y = relaxed.x[program.y0 :]
+        if np.all(np.abs(z - np.round(z)) <= _INTEGRAL_TOLERANCE) and np.all(
+            np.abs(y - np.round(y)) <= _INTEGRAL_TOLERANCE
+        ):
+            value = float(relaxed.fun + const)
+            return _solution(relaxed.x, program, "optimal", value, "lp")
     integrality = np.zeros(program.size)
     integrality[program.z0 : program.c0] = 1
+    integrality[program.y0 :] = 1
     result = milp(
         c,
         integrality=integrality,
@@ -443,8 +504,7 @@ def solve(
     status = (
         "optimal" if result.status == 0 else f"best found, not proven optimal ({result.message})"
     )
-    z = result.x[program.z0 : program.c0]
-    return _solution(z, cost, program.n_links, status, float(result.fun + const), "milp")
+    return _solution(result.x, program, status, float(result.fun + const), "milp")
 
 
 def _options(time_limit_s: float | None, integer: bool) -> dict[str, float | bool]:
@@ -456,8 +516,14 @@ def _options(time_limit_s: float | None, integer: bool) -> dict[str, float | boo
     return options
 
 
-def _solution(
-    z: FloatArray, cost: CostModel, n_links: int, status: str, value: float, method: str
-) -> Solution:
+def _solution(x: FloatArray, program: _Program, status: str, value: float, method: str) -> Solution:
+    cost, n_links = program.cost, program.n_links
+    z = x[program.z0 : program.c0]
     tiers = np.round(z).reshape(cost.n_nodes, n_links).sum(axis=1).astype(np.int64)
-    return Solution(tiers, status, value, method)
+    if not program.n_codecs:
+        return Solution(tiers, status, value, method)
+    chosen = np.round(x[program.y0 :]).reshape(program.n_codecs, n_links) > 0.5
+    codecs = np.full((cost.n_nodes, n_links), -1, dtype=np.int64)
+    for k, link in zip(*np.nonzero(chosen), strict=True):
+        codecs[cost.codec_node[k], link] = k
+    return Solution(tiers, status, value, method, codecs)

@@ -73,6 +73,12 @@ class Plan:
         With exits: the cost of an input that no exit answers; ``None`` without exits.
     accuracy:
         With exits: the expected accuracy in [0, 1] (validation data); else ``None``.
+    link_codecs:
+        Per sending tier, ``{value: codec spec}`` for the values it compresses on its link
+        upward (the shape of the build manifest's ``link_codecs``); empty: all raw.
+    codec_accuracy_drop_pp:
+        With codecs planned: the predicted accuracy drop of the chosen codecs, in
+        percentage points (summed, docs/concepts.md); else ``None``.
     """
 
     model: str
@@ -89,6 +95,8 @@ class Plan:
     exits: tuple[PlannedExit, ...] = ()
     worst_case: Prediction | None = None
     accuracy: float | None = None
+    link_codecs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    codec_accuracy_drop_pp: float | None = None
 
     def __post_init__(self) -> None:
         if not self.tiers:
@@ -108,6 +116,9 @@ class Plan:
                     f"plan exits.{index}: exit {planned.name!r} reads node {planned.node!r},"
                     f" which runs on {self.assignment.get(planned.node)!r}, not {planned.tier!r}"
                 )
+        for tier in self.link_codecs:
+            if tier not in self.tiers[:-1]:
+                raise PlanError(f"plan link_codecs.{tier}: not a tier with a link upward")
 
     def segments(self) -> dict[str, list[str]]:
         """Nodes per tier, in tier order (tiers without nodes are omitted)."""
@@ -123,7 +134,7 @@ class Plan:
 
     # -- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "tierflow_plan_version": PLAN_FORMAT_VERSION,
             "model": self.model,
             "objective": self.objective,
@@ -140,6 +151,12 @@ class Plan:
             "worst_case": None if self.worst_case is None else self.worst_case.to_dict(),
             "accuracy": self.accuracy,
         }
+        # Optional and additive: a plan without codecs serialises exactly as before.
+        if self.link_codecs:
+            document["link_codecs"] = {t: dict(c) for t, c in self.link_codecs.items()}
+        if self.codec_accuracy_drop_pp is not None:
+            document["codec_accuracy_drop_pp"] = self.codec_accuracy_drop_pp
+        return document
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -183,6 +200,15 @@ class Plan:
                     else Prediction.from_dict(data["worst_case"])
                 ),
                 accuracy=None if data.get("accuracy") is None else float(data["accuracy"]),
+                link_codecs={
+                    str(tier): {str(value): str(spec) for value, spec in codecs.items()}
+                    for tier, codecs in data.get("link_codecs", {}).items()
+                },
+                codec_accuracy_drop_pp=(
+                    None
+                    if data.get("codec_accuracy_drop_pp") is None
+                    else float(data["codec_accuracy_drop_pp"])
+                ),
             )
         except KeyError as exc:
             raise PlanError(f"{source}: missing field {exc.args[0]!r}") from None
@@ -216,6 +242,11 @@ class Plan:
             )
         if self.accuracy is not None:
             lines.append(f"  accuracy       {self.accuracy:.2%}")
+        for tier, codecs in self.link_codecs.items():
+            shown = ", ".join(f"{value}: {spec}" for value, spec in codecs.items())
+            lines.append(f"  codecs from {tier}: {shown}")
+        if self.codec_accuracy_drop_pp is not None:
+            lines.append(f"  codec accuracy drop {self.codec_accuracy_drop_pp:.2f} pp")
         if self.worst_case is None:
             lines.append(_row("plan", self.predicted))
         else:  # with exits, costs are expectations over inputs
