@@ -25,6 +25,15 @@ Note [early exits in a build]
     when the head is confident. Heads are always exported to ONNX, whatever ``executor``
     says: the PyTorch executor rebuilds segments from the model spec, and a head is a
     module the spec does not name (:mod:`tierflow.artifacts.exit_heads`).
+
+Note [codecs in a build]
+    A plan's ``link_codecs`` (chosen by :func:`~tierflow.plan.codec_planner.plan_with_codecs`)
+    are copied unchanged into the manifest's ``link_codecs``, so ``tierflow serve`` and the
+    testbed compress those tensors on the wire with no further option. The segments do not
+    change: a codec is a property of a link, not of the model. Each named value is checked
+    here to be a floating-point tensor of the run, so a plan that cannot be served fails at
+    build time, naming the tier and value, rather than when the first tier starts. A plan
+    without codecs builds exactly as before (the manifest has no ``link_codecs`` section).
 """
 
 from __future__ import annotations
@@ -101,7 +110,9 @@ def build(
     ArtifactError
         If a value crossing tiers is neither a tensor nor an int (nor a tuple of ints),
         (``executor="onnx"``) a segment cannot be exported faithfully, or a planned exit
-        has no head, or its head cannot be exported or returns the wrong shape.
+        has no head, or its head cannot be exported or returns the wrong shape, or a
+        codec of ``plan.link_codecs`` names a value that is not a float tensor
+        (Note [codecs in a build]).
 
     Examples
     --------
@@ -120,6 +131,7 @@ def build(
         )
     segments = split_at_exits(model, plan, inputs)
     values = _values(segments, inputs)
+    _check_link_codecs(plan, values)
     try:
         wider: dict[str, Any] | None = _values(segments, _widen(inputs))
     except Exception:  # the model fixes its batch size: export with static shapes
@@ -170,9 +182,23 @@ def build(
         segments=tuple(entries),
         root=out,
         exits=exits,
+        link_codecs={tier: dict(codecs) for tier, codecs in plan.link_codecs.items()},
     )
     (out / MANIFEST_NAME).write_text(manifest.to_json() + "\n")
     return manifest
+
+
+def _check_link_codecs(plan: Plan, values: Mapping[str, Any]) -> None:
+    """Every value a planned codec names is a floating-point tensor of the run."""
+    for tier, codecs in plan.link_codecs.items():
+        for name in codecs:
+            value = values.get(name)
+            if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                what = "not a value of the split model" if value is None else "not a float tensor"
+                raise ArtifactError(
+                    f"plan link_codecs.{tier}.{name}: {name!r} is {what}; codecs compress "
+                    "floating-point tensors that cross a link (plan at node granularity)"
+                )
 
 
 def _final_output(segments: SplitModel, exit_name: str) -> str:

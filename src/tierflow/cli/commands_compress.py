@@ -16,6 +16,7 @@ from rich.table import Table
 from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.cli.commands_model import ModelArg
 from tierflow.compress.bottleneck import BottleneckSettings, train_bottleneck
+from tierflow.compress.codec_options_measure import DEFAULT_LIMIT, codec_options_for
 from tierflow.compress.cut import cut_candidates, split_at
 from tierflow.compress.cut_measure import (
     DEFAULT_CUT_CODECS,
@@ -29,6 +30,7 @@ from tierflow.data import load_dataset
 from tierflow.data.dataset import DatasetSplits
 from tierflow.errors import CompressionError
 from tierflow.models import resolve_model
+from tierflow.plan.codec_options import CodecOptions
 
 _RANDOM_INIT = ("zoo:", "torchvision:")  # specs whose weights are random at build time
 _DEFAULT_VARIANTS = "fp32,pruned,int8-static,int8-dynamic,pruned+int8"
@@ -83,6 +85,22 @@ def _codecs_table(rows: Sequence[CutCodec]) -> Table:
             f"{r.ratio_vs_fp32:.2f}x",
             f"{r.accuracy:.2%}",
             f"{100 * (base - r.accuracy):.2f}",
+        )
+    return table
+
+
+def _options_table(options: CodecOptions) -> Table:
+    table = Table(title="codec options for the planner (validation split, PyTorch)")
+    for column in ("node", "codec", "ratio", "encode ms", "decode ms", "drop pp"):
+        table.add_column(column, justify="left" if column in {"node", "codec"} else "right")
+    for c in options.candidates:
+        table.add_row(
+            c.node,
+            c.codec,
+            f"{c.ratio:.3f}",
+            f"{c.encode_ms:.3f}",
+            f"{c.decode_ms:.3f}",
+            f"{c.accuracy_drop_pp:.2f}",
         )
     return table
 
@@ -175,6 +193,16 @@ def compress(
         int | None, typer.Option(min=1, help="Use only the first N training samples")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds training")] = 0,
+    codec_options: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also measure --codecs at every cut node on the validation split and write "
+            "the planner's codec options (codecs.json) here, for tierflow plan --codecs"
+        ),
+    ] = None,
+    codec_options_limit: Annotated[
+        int, typer.Option(min=1, help="With --codec-options: validation samples measured")
+    ] = DEFAULT_LIMIT,
 ) -> None:
     """Measure MODEL's compressed variants and the ways across one cut (codecs, bottleneck)."""
     say = err_console.print if json_out else console.print
@@ -217,8 +245,22 @@ def compress(
             rows += measure_bottleneck(bottleneck, example, splits.test, where / "bottleneck")
         if out is not None:
             say(f"wrote {_plot(rows, out / 'cut_codecs.png')}")
+    options: CodecOptions | None = None
+    if codec_options is not None:
+        say(f"measuring codec options at every cut node ({splits.val.name} split) ...")
+        options = codec_options_for(
+            net, example, splits, codecs=_items(codecs), limit=codec_options_limit
+        )
+        codec_options.parent.mkdir(parents=True, exist_ok=True)
+        options.save(codec_options)
+        say(f"codec options for {len(options.candidates)} (node, codec) pairs: {codec_options}")
     if json_out:
-        print(json.dumps(_document(model, cut, trained, measured, rows), indent=2))
+        document = _document(model, cut, trained, measured, rows)
+        if codec_options is not None:
+            document["codec_options"] = str(codec_options)
+        print(json.dumps(document, indent=2))
     else:
         console.print(_variants_table(measured))
         console.print(_codecs_table(rows))
+        if options is not None:
+            console.print(_options_table(options))

@@ -28,16 +28,21 @@ from tierflow.cli.loading import (
 )
 from tierflow.cli.render import plan_tables
 from tierflow.documents import read_yaml_mapping
-from tierflow.errors import TopologyError
+from tierflow.errors import PlanError, TopologyError
 from tierflow.measure.plots import plot_sweep
 from tierflow.plan import Plan
 from tierflow.plan import plan as make_plan
+from tierflow.plan.codec_options import CodecOptions
+from tierflow.plan.codec_planner import plan_with_codecs
 from tierflow.plan.exit_options import ExitOptions
 from tierflow.plan.exit_planner import plan_with_exits
 from tierflow.plan.sweep import SweepSpec, sweep, sweep_to_dict
 from tierflow.profile import Profile
 from tierflow.topology import Topology, apply_overrides, topology_from_dict
 from tierflow.topology.load import resolve_profile_paths
+
+# plan_with_codecs's own default budget, restated so the CLI can print it.
+DEFAULT_CODEC_DROP_PP = 1.0
 
 
 def read_raw_topology(path: Path, overrides: list[str]) -> dict[str, Any]:
@@ -59,8 +64,29 @@ def planner_for(
     exits: ExitOptions | None = None,
     latency_target_ms: float | None = None,
     max_accuracy_drop_pp: float | None = None,
+    codecs: CodecOptions | None = None,
 ) -> Callable[[Topology], Plan]:
+    if exits is not None and codecs is not None:
+        # Each planner extends the placement program its own way; no program has both.
+        raise PlanError("exits and codecs cannot be planned together: give one of them")
+
     def run(topology: Topology) -> Plan:
+        if codecs is not None:
+            return plan_with_codecs(
+                loaded.graph,
+                resolve_profile_paths(topology, base_dir),
+                codecs,
+                max_accuracy_drop_pp=(
+                    DEFAULT_CODEC_DROP_PP if max_accuracy_drop_pp is None else max_accuracy_drop_pp
+                ),
+                profile=host,
+                tier_profiles=tier_profiles,
+                objective=objective,
+                pins=pins,
+                private_input=private_input,
+                slo_ms=slo_ms,
+                time_limit_s=time_limit_s,
+            )
         if exits is not None:
             return plan_with_exits(
                 loaded.graph,
@@ -130,11 +156,20 @@ def plan(
             help="With --exits: the most accurate setting whose expected latency meets this"
         ),
     ] = None,
+    codecs: Annotated[
+        Path | None,
+        typer.Option(
+            "--codecs",
+            help="codecs.json (tierflow compress --codec-options): choose the placement and "
+            "each crossing value's activation codec together, within --max-accuracy-drop",
+        ),
+    ] = None,
     max_accuracy_drop: Annotated[
         float | None,
         typer.Option(
             help="With --exits: only settings within this many accuracy points (pp) of the "
-            "final classifier"
+            "final classifier. With --codecs: bound on the codecs' summed accuracy drop "
+            f"(pp, default {DEFAULT_CODEC_DROP_PP:g})"
         ),
     ] = None,
     sweep_spec: Annotated[
@@ -157,14 +192,23 @@ def plan(
     leaf: Leaf = [],  # noqa: B006
 ) -> None:
     """Find the optimal placement of MODEL's layers on the tiers of a topology."""
+    if exits is not None and codecs is not None:
+        raise typer.BadParameter(
+            "--codecs cannot be combined with --exits: the codec planner does not plan early "
+            "exits; plan with one of them",
+            param_hint="--codecs",
+        )
     if exits is None:
-        for given, hint in (
-            (latency_target_ms, "--latency-target-ms"),
-            (max_accuracy_drop, "--max-accuracy-drop"),
-        ):
-            if given is not None:
-                raise typer.BadParameter(f"{hint} needs --exits", param_hint=hint)
+        if latency_target_ms is not None:
+            raise typer.BadParameter(
+                "--latency-target-ms needs --exits", param_hint="--latency-target-ms"
+            )
+        if max_accuracy_drop is not None and codecs is None:
+            raise typer.BadParameter(
+                "--max-accuracy-drop needs --exits or --codecs", param_hint="--max-accuracy-drop"
+            )
     exit_options = None if exits is None else ExitOptions.load(exits)
+    codec_options = None if codecs is None else CodecOptions.load(codecs)
     raw = read_raw_topology(topology, set_)
     the_topology = topology_from_dict(raw, source=str(topology))
     loaded = load_model(
@@ -195,6 +239,7 @@ def plan(
         exits=exit_options,
         latency_target_ms=latency_target_ms,
         max_accuracy_drop_pp=max_accuracy_drop,
+        codecs=codec_options,
     )
     if sweep_spec is not None:
         spec = SweepSpec.parse(sweep_spec)
@@ -209,6 +254,8 @@ def plan(
             for table in plan_tables(point.plan):
                 console.print(table)
             _print_exits(point.plan)
+            if codec_options is not None:
+                _print_codecs(point.plan, budget_pp=max_accuracy_drop)
         if plot is not None:
             console.print(f"sweep figure written to {plot}")
         return
@@ -223,6 +270,8 @@ def plan(
     for table in plan_tables(result):
         console.print(table)
     _print_exits(result)
+    if codec_options is not None:
+        _print_codecs(result, budget_pp=max_accuracy_drop)
     if out is not None:
         console.print(f"plan written to {out}")
 
@@ -269,3 +318,25 @@ def _print_exits(plan: Plan) -> None:
     console.print(costs)
     if plan.accuracy is not None:
         console.print(f"expected accuracy: {plan.accuracy:.2%}")
+
+
+def _print_codecs(plan: Plan, *, budget_pp: float | None) -> None:
+    """With --codecs: the codec chosen per link and value, and the predicted accuracy drop."""
+    budget = DEFAULT_CODEC_DROP_PP if budget_pp is None else budget_pp
+    if not plan.link_codecs:
+        console.print(
+            "activation codecs: none chosen (raw bytes are cheapest, or no candidate fits "
+            f"the {budget:g} pp budget)"
+        )
+        return
+    table = Table(title="activation codecs per link")
+    for column in ("link", "value", "codec", "link bytes (all values)"):
+        table.add_column(column, justify="right" if column.startswith("link bytes") else "left")
+    for tier, chosen in plan.link_codecs.items():
+        index = plan.tiers.index(tier)
+        link = f"{tier}->{plan.tiers[index + 1]}"
+        for value, spec in chosen.items():
+            table.add_row(link, value, spec, f"{plan.predicted.bytes_per_link.get(link, 0.0):.0f}")
+    console.print(table)
+    drop = plan.codec_accuracy_drop_pp or 0.0
+    console.print(f"predicted accuracy drop from codecs: {drop:.2f} pp (budget {budget:g} pp)")
