@@ -127,8 +127,9 @@ def exit_table(results: list[ExitConfigResult]) -> Table:
         point = ", ".join(f"{v:g}" for v in (r.sweep or {}).values()) or "-"
         rates = ", ".join(f"{name} {rate:.0%}" for name, rate in r.exit_rates.items())
         speedup = "-" if r.speedup_vs_no_exit is None else f"{r.speedup_vs_no_exit:.2f}×"
+        name = r.name + (f" (= {r.same_deployment_as})" if r.same_deployment_as else "")
         table.add_row(
-            point, r.name, ", ".join(r.exits) or "-", f"{r.accuracy:.2%}", rates,
+            point, name, ", ".join(r.exits) or "-", f"{r.accuracy:.2%}", rates,
             f"{r.mean_ms:.2f}", f"{r.p95_ms:.2f}", f"{r.predicted_ms:.2f}",
             f"{sum(r.bytes_per_link.values()):.0f}", speedup,
         )  # fmt: skip

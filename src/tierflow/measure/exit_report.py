@@ -39,8 +39,10 @@ def exit_markdown(
     ]
     for r in results:
         links = ", ".join(f"{k}: {v:.0f} B" for k, v in r.bytes_per_link.items())
+        same = f" (= {r.same_deployment_as})" if r.same_deployment_as else ""
         lines.append(
-            f"| {_point(r)} | {r.name} | {', '.join(r.exits) or '-'} | {'+'.join(r.tiers_used)} "
+            f"| {_point(r)} | {r.name}{same} | {', '.join(r.exits) or '-'} "
+            f"| {'+'.join(r.tiers_used)} "
             f"| {r.accuracy:.2%} | {_rates(r)} | {r.mean_ms:.2f} | {r.p50_ms:.2f} "
             f"| {r.p95_ms:.2f} | {r.predicted_ms:.2f} | {r.measured_over_predicted:.2f} | {links} |"
         )
