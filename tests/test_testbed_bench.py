@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -105,3 +106,28 @@ def test_bench_cli_writes_json_markdown_and_the_figure(tmp_path: Path, monkeypat
         assert set(config) >= keys
     assert (tmp_path / "out" / "report.md").read_text().startswith("# tierflow bench")
     assert (tmp_path / "out" / "latency.png").stat().st_size > 10_000
+
+
+def test_a_plan_with_codecs_is_its_own_deployment_when_it_compresses(lenet):
+    from tierflow.measure.testbed_bench import CodecChoice, _deployment_key, configurations
+    from tierflow.plan.codec_options import CodecCandidate, CodecOptions
+
+    _, _, graph = lenet
+    estimate = estimate_profile(graph)
+    slow = json.loads(json.dumps(TWO_TIERS))
+    slow["links"][0]["bandwidth_mbps"] = 0.5  # the raw input takes ~50 ms to cross
+    # ... and the phone is far too slow to keep it: 1 s per node.
+    phone = dataclasses.replace(estimate, node_ms=dict.fromkeys(estimate.node_ms, 1000.0))
+    options = CodecOptions(
+        (CodecCandidate("x", "int8+zstd", 0.1, encode_ms=0.01, decode_ms=0.01, accuracy_drop_pp=0),)
+    )
+    configs = configurations(
+        graph,
+        topology_from_dict(slow),
+        {"phone": phone, "cloud": estimate},
+        CodecChoice(options, max_accuracy_drop_pp=0.5),
+    )
+
+    assert configs["plan+codecs"].link_codecs == {"phone": {"x": "int8+zstd"}}
+    assert configs["plan+codecs"].predicted.latency_ms < configs["plan"].predicted.latency_ms
+    assert _deployment_key(configs["plan+codecs"]) != _deployment_key(configs["plan"])

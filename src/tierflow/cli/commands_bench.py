@@ -22,12 +22,14 @@ from tierflow.measure.planner_bench import time_planner, timings_to_dicts
 from tierflow.measure.plots import plot_sweep
 from tierflow.measure.testbed_bench import (
     BenchSettings,
+    CodecChoice,
     ConfigResult,
     results_to_json,
     run_bench,
 )
 from tierflow.measure.tier_profiles import tier_profiles
 from tierflow.plan import Plan
+from tierflow.plan.codec_options import CodecOptions
 from tierflow.plan.sweep import SweepPoint, SweepSpec, sweep
 from tierflow.topology import topology_from_dict
 
@@ -107,6 +109,7 @@ def run_testbed_bench(
     profile_runs: int,
     input_shape: str | None,
     quiet: bool,
+    codecs: CodecChoice | None = None,
 ) -> list[ConfigResult]:
     """Profile each tier in its budget, plan, deploy, measure; write report.md/.json/.png."""
     say = err_console.print if quiet else console.print
@@ -135,6 +138,7 @@ def run_testbed_bench(
         settings=settings,
         emulate=emulate,
         progress=say,
+        codecs=codecs,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results_to_json(results), indent=2) + "\n")
@@ -186,8 +190,12 @@ def bench(
         int | None, typer.Option(min=1, help="Exit models: test inputs sent (default: all)")
     ] = None,
     max_accuracy_drop: Annotated[
-        float, typer.Option(help="Exit models: accuracy drop allowed to the planner, in pp")
+        float, typer.Option(help="Accuracy drop allowed to the planner (exits, codecs), in pp")
     ] = 0.5,
+    codecs: Annotated[
+        Path | None,
+        typer.Option(help="Codec options (tierflow compress --codec-options): adds plan+codecs"),
+    ] = None,
 ) -> None:
     """Deploy the plan and the baselines on the local testbed and measure them.
 
@@ -195,7 +203,7 @@ def bench(
     through the exit-aware plan, the exit-unaware plan, the model without exits and raw
     offload, and accuracy and exit rates are reported besides latency and bytes.
     """
-    if is_exit_run(model):
+    if is_exit_run(model) and codecs is None:
         outcome = run_exit_testbed_bench(
             model,
             topology,
@@ -229,6 +237,9 @@ def bench(
         profile_runs=profile_runs,
         input_shape=input_shape,
         quiet=json_out,
+        codecs=None
+        if codecs is None
+        else CodecChoice(CodecOptions.load(codecs), max_accuracy_drop_pp=max_accuracy_drop),
     )
     if json_out:
         print(json.dumps(results_to_json(results), indent=2))

@@ -41,15 +41,27 @@ def markdown_report(model: str, topology: str, results: Sequence[ConfigResult]) 
     return "\n".join(lines)
 
 
+PLANS = ("plan", "plan+codecs")
+
+
 def speedup_summary(results: Sequence[ConfigResult]) -> str:
-    """Measured speed-up of the plan over the best baseline at each point."""
-    parts = []
+    """Measured speed-up of the plan over the best baseline at each point, and of the
+    plan with codecs over the plan without, when it was measured."""
+    parts, compressed = [], []
     for point in dict.fromkeys(_point(r) for r in results):
         here = [r for r in results if _point(r) == point]
         plan = next(r for r in here if r.name == "plan")
-        best = min((r for r in here if r.name != "plan"), key=lambda r: r.p50_ms)
+        best = min((r for r in here if r.name not in PLANS), key=lambda r: r.p50_ms)
         parts.append(f"{point}: {best.p50_ms / plan.p50_ms:.2f}× vs {best.name}")
-    return "Plan speed-up over the best baseline (measured p50): " + "; ".join(parts)
+        with_codecs = next((r for r in here if r.name == "plan+codecs"), None)
+        if with_codecs is not None:
+            compressed.append(f"{point}: {plan.p50_ms / with_codecs.p50_ms:.2f}×")
+    summary = "Plan speed-up over the best baseline (measured p50): " + "; ".join(parts)
+    if compressed:
+        summary += "\nPlan with codecs against the plan without (measured p50): " + "; ".join(
+            compressed
+        )
+    return summary
 
 
 def plot_measured(results: Sequence[ConfigResult], path: Path, *, title: str) -> Path | None:

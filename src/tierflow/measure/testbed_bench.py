@@ -24,6 +24,8 @@ from torch import nn
 
 from tierflow.artifacts import build
 from tierflow.graph.layer_graph import LayerGraph
+from tierflow.plan.codec_options import CodecOptions
+from tierflow.plan.codec_planner import plan_with_codecs
 from tierflow.plan.plan import Plan
 from tierflow.plan.planner import plan as make_plan
 from tierflow.plan.sweep import SweepSpec
@@ -80,11 +82,31 @@ def points_of(
     return points
 
 
+@dataclass(frozen=True)
+class CodecChoice:
+    """Measured codec options the ``plan+codecs`` configuration may use, and its budget."""
+
+    options: CodecOptions
+    max_accuracy_drop_pp: float
+
+
 def configurations(
-    graph: LayerGraph, topology: Topology, profiles: Mapping[str, Profile]
+    graph: LayerGraph,
+    topology: Topology,
+    profiles: Mapping[str, Profile],
+    codecs: CodecChoice | None = None,
 ) -> dict[str, Plan]:
-    """The plan and every all-on-one-tier baseline, each planned under the same costs."""
+    """The plan, the plan with codecs when given, and every all-on-one-tier baseline, each
+    planned under the same costs."""
     configs = {"plan": make_plan(graph, topology, tier_profiles=profiles)}
+    if codecs is not None:
+        configs["plan+codecs"] = plan_with_codecs(
+            graph,
+            topology,
+            codecs.options,
+            tier_profiles=profiles,
+            max_accuracy_drop_pp=codecs.max_accuracy_drop_pp,
+        )
     movable = [n.name for n in graph.nodes if n.op != "placeholder"]
     for tier in topology.tier_names:
         pins = dict.fromkeys(movable, tier)
@@ -93,7 +115,9 @@ def configurations(
 
 
 def _deployment_key(plan: Plan) -> str:
-    return hashlib.sha256(json.dumps(sorted(plan.assignment.items())).encode()).hexdigest()[:16]
+    codecs = sorted((tier, sorted(values.items())) for tier, values in plan.link_codecs.items())
+    identity = json.dumps([sorted(plan.assignment.items()), codecs])
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def run_bench(
@@ -108,11 +132,14 @@ def run_bench(
     work_dir: Path | None = None,
     emulate: bool = True,
     progress: Progress | None = None,
+    codecs: CodecChoice | None = None,
 ) -> list[ConfigResult]:
-    """Measure the plan and baselines at every sweep point on the testbed."""
+    """Measure the plan (with codecs too, when given) and baselines at every sweep point."""
     say = progress or (lambda _: None)
     points = points_of(raw_topology, sweep)
-    planned = [(values, topo, configurations(graph, topo, profiles)) for values, topo in points]
+    planned = [
+        (values, topo, configurations(graph, topo, profiles, codecs)) for values, topo in points
+    ]
     deployments: dict[str, Plan] = {}
     for _, _, configs in planned:
         for config in configs.values():
