@@ -131,3 +131,18 @@ def test_a_plan_with_codecs_is_its_own_deployment_when_it_compresses(lenet):
     assert configs["plan+codecs"].link_codecs == {"phone": {"x": "int8+zstd"}}
     assert configs["plan+codecs"].predicted.latency_ms < configs["plan"].predicted.latency_ms
     assert _deployment_key(configs["plan+codecs"]) != _deployment_key(configs["plan"])
+
+
+def test_a_baseline_the_tier_cannot_hold_is_left_out(lenet):
+    from tierflow.measure.testbed_bench import configurations
+
+    _, _, graph = lenet
+    estimate = estimate_profile(graph)
+    small = json.loads(json.dumps(TWO_TIERS))
+    small["tiers"][0]["memory_mb"] = 0.05  # holds the input, not the model's weights
+
+    configs = configurations(
+        graph, topology_from_dict(small), {"phone": estimate, "cloud": estimate}
+    )
+
+    assert set(configs) == {"plan", "all-cloud"}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from tierflow.artifacts import build
+from tierflow.errors import InfeasiblePlanError
 from tierflow.graph.layer_graph import LayerGraph
 from tierflow.plan.codec_options import CodecOptions
 from tierflow.plan.codec_planner import plan_with_codecs
@@ -110,7 +111,10 @@ def configurations(
     movable = [n.name for n in graph.nodes if n.op != "placeholder"]
     for tier in topology.tier_names:
         pins = dict.fromkeys(movable, tier)
-        configs[f"all-{tier}"] = make_plan(graph, topology, tier_profiles=profiles, pins=pins)
+        try:
+            configs[f"all-{tier}"] = make_plan(graph, topology, tier_profiles=profiles, pins=pins)
+        except InfeasiblePlanError:
+            continue  # e.g. the model does not fit in the tier's memory: nothing to deploy
     return configs
 
 
