@@ -27,34 +27,9 @@ from tierflow.plan.milp import solve
 from tierflow.plan.objective import Objective
 from tierflow.plan.plan import Plan
 from tierflow.plan.planner import cost_model_for, package_plan
-from tierflow.profile.estimate import estimate_profile
+from tierflow.plan.tier_speeds import tier_speeds
 from tierflow.profile.profile import Profile
 from tierflow.topology.schema import Topology
-
-
-def tier_speeds(
-    graph: LayerGraph, topology: Topology, base: CostModel, profile: Profile | None
-) -> FloatArray:
-    """``[T]`` how many times faster than the host each tier runs.
-
-    A tier's ``compute.speed`` when the topology gives one; otherwise its speed over the
-    whole backbone, Σ_n t(n, k) / Σ_n t_host(n), as for exit heads
-    (:mod:`tierflow.plan.exit_planner`).
-    """
-    speeds = np.ones(base.n_tiers)
-    host_total: float | None = None
-    for k, tier in enumerate(topology.tiers):
-        if tier.compute.speed is not None:
-            speeds[k] = tier.compute.speed
-            continue
-        if host_total is None:
-            host = profile if profile is not None else estimate_profile(graph)
-            host_total = sum(
-                host.node_ms[m] for node in graph for m in (node.members or (node.name,))
-            )
-        tier_total = float(base.compute_ms[:, k].sum())
-        speeds[k] = host_total / tier_total if tier_total > 0 else 1.0
-    return speeds
 
 
 def codec_cost_model(

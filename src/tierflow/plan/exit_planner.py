@@ -33,7 +33,7 @@ from tierflow.plan.milp import Solution, solve
 from tierflow.plan.objective import Objective
 from tierflow.plan.plan import Plan
 from tierflow.plan.planner import cost_model_for, package_plan
-from tierflow.profile.estimate import estimate_profile
+from tierflow.plan.tier_speeds import tier_speeds
 from tierflow.profile.profile import Profile
 from tierflow.topology.schema import Topology
 
@@ -133,26 +133,11 @@ def _head_latency_ms(
 ) -> FloatArray:
     """``[H, T]`` latency of each head on each tier.
 
-    A tier with ``compute.speed`` runs a head ``speed`` times as fast as the host that
-    measured ``host_latency_ms``, also when the backbone's latency on it comes from a
-    profile measured in the tier (the testbed throttles the tier to that speed). A tier
-    described only by a profile gets its speed over the whole backbone:
-    Σ_n t(n, k) / Σ_n t_host(n).
+    A head is timed on the host only (``host_latency_ms``); each tier runs it at its
+    :func:`~tierflow.plan.tier_speeds.tier_speeds`.
     """
     host_ms = np.array([head.host_latency_ms for head in options.heads])
-    speeds = np.ones(base.n_tiers)
-    host_total: float | None = None
-    for k, tier in enumerate(topology.tiers):
-        if tier.compute.speed is not None:
-            speeds[k] = tier.compute.speed
-            continue
-        if host_total is None:
-            host = profile if profile is not None else estimate_profile(graph)
-            host_total = sum(
-                host.node_ms[m] for node in graph for m in (node.members or (node.name,))
-            )
-        tier_total = float(base.compute_ms[:, k].sum())
-        speeds[k] = host_total / tier_total if tier_total > 0 else 1.0
+    speeds = tier_speeds(graph, topology, base, profile)
     return host_ms[:, None] / speeds[None, :]
 
 
