@@ -344,7 +344,7 @@ def solved_settings(lenet, topology, options, objective="latency"):
         constraints=Constraints(),
         service_ms=None,
     )
-    instances = ExitInstances(lenet, topology, options, base, profile=None, tier_profiles=None)
+    instances = ExitInstances(lenet, topology, options, base, profile=None)
     goal = Objective.parse(objective)
     rows = []
     for setting in (instances.no_exit(), *options.settings):

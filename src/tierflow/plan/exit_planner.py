@@ -64,7 +64,6 @@ class ExitInstances:
         base: CostModel,
         *,
         profile: Profile | None,
-        tier_profiles: Mapping[str, Profile] | None,
     ) -> None:
         self.options = options
         self.base = base
@@ -232,9 +231,7 @@ def plan_with_exits(
         constraints=constraints,
         service_ms=service_ms,
     )
-    instances = ExitInstances(
-        graph, topology, options, base, profile=profile, tier_profiles=tier_profiles
-    )
+    instances = ExitInstances(graph, topology, options, base, profile=profile)
     floor = (
         -np.inf
         if max_accuracy_drop_pp is None
@@ -393,9 +390,7 @@ def exit_unaware_plan(
         constraints=constraints,
         service_ms=service_ms,
     )
-    instances = ExitInstances(
-        graph, topology, options, base, profile=profile, tier_profiles=tier_profiles
-    )
+    instances = ExitInstances(graph, topology, options, base, profile=profile)
     cost = instances.cost(setting, source="setting")
     started = time.perf_counter()
     try:
