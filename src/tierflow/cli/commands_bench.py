@@ -13,7 +13,7 @@ from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.cli.commands_plan import planner_for, read_raw_topology
 from tierflow.cli.demo_exits import exit_demo
 from tierflow.cli.exit_bench import exit_table, is_exit_run, run_exit_testbed_bench
-from tierflow.cli.loading import load_model, measure_host_profile
+from tierflow.cli.loading import load_model, measure_host_profile, measured_tier_profiles
 from tierflow.cli.render import plan_tables
 from tierflow.errors import TopologyError
 from tierflow.measure.bench_report import markdown_report, plot_measured, speedup_summary
@@ -27,7 +27,6 @@ from tierflow.measure.testbed_bench import (
     results_to_json,
     run_bench,
 )
-from tierflow.measure.tier_profiles import tier_profiles
 from tierflow.plan import Plan
 from tierflow.plan.codec_options import CodecOptions
 from tierflow.plan.sweep import SweepPoint, SweepSpec, sweep
@@ -116,17 +115,8 @@ def run_testbed_bench(
     raw = read_raw_topology(topology, overrides)
     the_topology = topology_from_dict(raw, source=str(topology))
     loaded = load_model(model, input_shape=input_shape)
-
-    def announce(tier: str, cached: bool) -> None:
-        say(f"profile of {model} on tier {tier}: " + ("cached" if cached else "measuring…"))
-
-    profiles = tier_profiles(
-        model,
-        the_topology,
-        cache_dir=Path(".tierflow/cache/profiles"),
-        runs=profile_runs,
-        input_shape=input_shape,
-        on_tier=announce,
+    profiles = measured_tier_profiles(
+        model, the_topology, runs=profile_runs, say=say, input_shape=input_shape
     )
     results = run_bench(
         loaded.module,

@@ -11,12 +11,11 @@ from rich.table import Table
 
 from tierflow.cli.app import console, err_console
 from tierflow.cli.commands_plan import read_raw_topology
-from tierflow.cli.loading import load_model
+from tierflow.cli.loading import loaded_from, measured_tier_profiles
 from tierflow.data import load_dataset
 from tierflow.measure.exit_bench import ExitConfigResult, exit_results_to_json, run_exit_bench
 from tierflow.measure.exit_cpu import CpuExitResult, measure_cpu_speedup
 from tierflow.measure.exit_report import exit_markdown
-from tierflow.measure.tier_profiles import tier_profiles
 from tierflow.plan.exit_options import ExitOptions
 from tierflow.plan.sweep import SweepSpec
 from tierflow.topology import topology_from_dict
@@ -54,21 +53,12 @@ def run_exit_testbed_bench(
     run_dir = Path(spec[len(RUN_PREFIX) :])
     config = RunConfig.load(run_dir)
     options = ExitOptions.load(run_dir / EXITS_FILE)
-    exit_model, _ = load_exit_model(run_dir)
-    loaded = load_model(spec)
+    exit_model, inputs = load_exit_model(run_dir)
+    # The backbone of the run loaded once: `run:DIR` would load and hash-check it again.
+    loaded = loaded_from(spec, exit_model.backbone, inputs)
     raw = read_raw_topology(topology, overrides)
     the_topology = topology_from_dict(raw, source=str(topology))
-
-    def announce(tier: str, cached: bool) -> None:
-        say(f"profile of {spec} on tier {tier}: " + ("cached" if cached else "measuring…"))
-
-    profiles = tier_profiles(
-        spec,
-        the_topology,
-        cache_dir=Path(".tierflow/cache/profiles"),
-        runs=profile_runs,
-        on_tier=announce,
-    )
+    profiles = measured_tier_profiles(spec, the_topology, runs=profile_runs, say=say)
     test = load_dataset(data or config.dataset).test
     results = run_exit_bench(
         loaded.module,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,8 +13,10 @@ from torch import nn
 from tierflow.errors import CaptureError, ProfileError, TierflowError
 from tierflow.graph import LayerGraph, Traced, coarsen, describe, trace
 from tierflow.graph.layer_graph import Granularity
+from tierflow.measure.tier_profiles import tier_profiles
 from tierflow.models import resolve_model
 from tierflow.profile import Profile, profile_model
+from tierflow.topology.schema import Topology
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,49 @@ def load_model(
     leaf: Sequence[str] = (),
 ) -> LoadedModel:
     module, inputs = resolve_model(spec, input_shape=parse_shape(input_shape), weights=weights)
+    return loaded_from(spec, module, inputs, granularity=granularity, leaf=leaf)
+
+
+def loaded_from(
+    spec: str,
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    granularity: Granularity = "node",
+    leaf: Sequence[str] = (),
+) -> LoadedModel:
+    """A model already resolved (``spec`` names it), traced and described."""
     traced = trace(module, inputs, leaf_modules=leaf_classes(module, leaf))
     graph = describe(traced, inputs, name=spec)
     if granularity == "block":
         graph = coarsen(graph, traced)
     return LoadedModel(spec, module, inputs, traced, graph)
+
+
+PROFILE_CACHE = Path(".tierflow/cache/profiles")
+
+
+def measured_tier_profiles(
+    spec: str,
+    topology: Topology,
+    *,
+    runs: int,
+    say: Callable[[str], object],
+    input_shape: str | None = None,
+) -> dict[str, Profile]:
+    """Each tier's profile of ``spec`` measured in its budget (cached), told as it goes."""
+
+    def announce(tier: str, cached: bool) -> None:
+        say(f"profile of {spec} on tier {tier}: " + ("cached" if cached else "measuring…"))
+
+    return tier_profiles(
+        spec,
+        topology,
+        cache_dir=PROFILE_CACHE,
+        runs=runs,
+        input_shape=input_shape,
+        on_tier=announce,
+    )
 
 
 def measure_host_profile(
