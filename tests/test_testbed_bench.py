@@ -109,7 +109,7 @@ def test_bench_cli_writes_json_markdown_and_the_figure(tmp_path: Path, monkeypat
 
 
 def test_a_plan_with_codecs_is_its_own_deployment_when_it_compresses(lenet):
-    from tierflow.measure.testbed_bench import CodecChoice, _deployment_key, configurations
+    from tierflow.measure.testbed_bench import CodecChoice, configurations, deployment_key
     from tierflow.plan.codec_options import CodecCandidate, CodecOptions
 
     _, _, graph = lenet
@@ -130,7 +130,7 @@ def test_a_plan_with_codecs_is_its_own_deployment_when_it_compresses(lenet):
 
     assert configs["plan+codecs"].link_codecs == {"phone": {"x": "int8+zstd"}}
     assert configs["plan+codecs"].predicted.latency_ms < configs["plan"].predicted.latency_ms
-    assert _deployment_key(configs["plan+codecs"]) != _deployment_key(configs["plan"])
+    assert deployment_key(configs["plan+codecs"]) != deployment_key(configs["plan"])
 
 
 def test_a_baseline_the_tier_cannot_hold_is_left_out(lenet):

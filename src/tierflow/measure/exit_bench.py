@@ -16,7 +16,6 @@ planner predicts) besides p50 / p95, since with exits the distribution is bimoda
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ from torch import nn
 from tierflow.artifacts import build
 from tierflow.data.dataset import ArrayDataset
 from tierflow.graph.layer_graph import LayerGraph
-from tierflow.measure.testbed_bench import points_of
+from tierflow.measure.testbed_bench import bytes_per_request, deployment_key, points_of
 from tierflow.plan.exit_options import FINAL_EXIT, ExitOptions
 from tierflow.plan.exit_planner import exit_unaware_plan, plan_with_exits
 from tierflow.plan.plan import Plan
@@ -143,7 +142,7 @@ def run_exit_bench(
             measured: dict[str, _Measured] = {}
             first_of: dict[str, str] = {}  # deployment key -> first config deployed so
             for name, config in configs.items():
-                key = _deployment_key(config)
+                key = deployment_key(config)
                 if key in first_of:  # e.g. no-exit split already on the exit's tier
                     say(f"{name} is the same deployment as {first_of[key]}")
                     measured[name] = measured[first_of[key]]
@@ -155,7 +154,7 @@ def run_exit_bench(
                 with Testbed(topology, out / "manifest.json", emulate=emulate) as bed:
                     say(f"measuring {name} on {count} held-out inputs")
                     measured[name] = _measure(bed, x, y)
-            same = {name: first_of[_deployment_key(c)] for name, c in configs.items()}
+            same = {name: first_of[deployment_key(c)] for name, c in configs.items()}
             results += _summarise(configs, measured, values, same)
     return results
 
@@ -192,18 +191,7 @@ def _measure(bed: Testbed, x: np.ndarray, y: np.ndarray) -> _Measured:
             correct += int(np.argmax(result.output[0]) == label)
             exits[FINAL_EXIT if result.trace is None else result.trace.exit] += 1
         after = bed.link_stats()
-    per_link = {
-        name: (after[name].bytes_up + after[name].bytes_down - s.bytes_up - s.bytes_down)
-        / len(latencies)
-        for name, s in before.items()
-    }
-    return _Measured(latencies, correct, exits, per_link)
-
-
-def _deployment_key(plan: Plan) -> str:
-    """Equal for plans that deploy the same segments with the same exits and thresholds."""
-    exits = sorted((e.name, e.node, e.tier, e.policy, e.threshold) for e in plan.exits)
-    return json.dumps([sorted(plan.assignment.items()), exits])
+    return _Measured(latencies, correct, exits, bytes_per_request(before, after, len(latencies)))
 
 
 def _summarise(

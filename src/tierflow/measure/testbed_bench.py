@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from tierflow.runtime.client import connect
 from tierflow.testbed.bed import Testbed
 from tierflow.topology.load import apply_overrides, topology_from_dict
 from tierflow.topology.schema import Topology
+
+if TYPE_CHECKING:  # the link module is imported lazily (tierflow.testbed)
+    from tierflow.testbed.link import LinkStats
 
 
 @dataclass(frozen=True)
@@ -118,10 +121,22 @@ def configurations(
     return configs
 
 
-def _deployment_key(plan: Plan) -> str:
+def deployment_key(plan: Plan) -> str:
+    """Equal for plans that deploy the same segments, exits and link codecs."""
     codecs = sorted((tier, sorted(values.items())) for tier, values in plan.link_codecs.items())
-    identity = json.dumps([sorted(plan.assignment.items()), codecs])
+    exits = sorted((e.name, e.node, e.tier, e.policy, e.threshold) for e in plan.exits)
+    identity = json.dumps([sorted(plan.assignment.items()), codecs, exits])
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def bytes_per_request(
+    before: Mapping[str, LinkStats], after: Mapping[str, LinkStats], requests: int
+) -> dict[str, float]:
+    """Bytes each link carried (both ways) per request between two snapshots."""
+    return {
+        name: (after[name].bytes_up + after[name].bytes_down - s.bytes_up - s.bytes_down) / requests
+        for name, s in before.items()
+    }
 
 
 def run_bench(
@@ -147,7 +162,7 @@ def run_bench(
     deployments: dict[str, Plan] = {}
     for _, _, configs in planned:
         for config in configs.values():
-            deployments.setdefault(_deployment_key(config), config)
+            deployments.setdefault(deployment_key(config), config)
     request = np.asarray(inputs[0].detach().numpy())
     measured: dict[tuple[str, int], tuple[float, float, float, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(dir=work_dir) as folder:
@@ -157,7 +172,7 @@ def run_bench(
             build(model, deployment, inputs, out)
             with Testbed(points[0][1], out / "manifest.json", emulate=emulate) as bed:
                 for index, (_, topo, configs) in enumerate(planned):
-                    if not any(_deployment_key(c) == key for c in configs.values()):
+                    if not any(deployment_key(c) == key for c in configs.values()):
                         continue
                     for link_index, link in enumerate(topo.links if emulate else ()):
                         bed.set_link(
@@ -172,7 +187,7 @@ def run_bench(
     for index, (values, _, configs) in enumerate(planned):
         first_name: dict[str, str] = {}
         for name, config in configs.items():
-            key = _deployment_key(config)
+            key = deployment_key(config)
             p50, p95, rps, per_link = measured[(key, index)]
             predicted = config.predicted.latency_ms
             results.append(
@@ -213,13 +228,7 @@ def _measure(
                 break
         after = bed.link_stats()
         count = len(latencies)
-        per_link = {
-            name: (
-                after[name].bytes_up + after[name].bytes_down - stats.bytes_up - stats.bytes_down
-            )
-            / count
-            for name, stats in before.items()
-        }
+        per_link = bytes_per_request(before, after, count)
         batch = max(settings.min_requests, min(count, 2 * settings.pipelined_in_flight))
         begin = time.perf_counter()
         for _ in client.infer_many([request] * batch, max_in_flight=settings.pipelined_in_flight):
