@@ -52,9 +52,9 @@ from torch import nn
 from torch.nn import functional
 
 from tierflow.compress.cut import CutParts, SingleOutput, split_at
-from tierflow.compress.finetune import _torch_threads
 from tierflow.data.dataset import ArrayDataset
 from tierflow.errors import CompressionError
+from tierflow.torch_threads import torch_threads
 
 __all__ = [
     "Bottleneck",
@@ -236,14 +236,14 @@ def train_bottleneck(
     encoder = BottleneckEncoder(channels, settings.code_channels)
     decoder = BottleneckDecoder(settings.code_channels, channels)
     bottleneck = Bottleneck(parts, encoder, decoder)
-    with _torch_threads(settings.threads):
+    with torch_threads(settings.threads):
         features, teacher = _teacher_outputs(parts, data)
         _fit(bottleneck, features, teacher, torch.from_numpy(data.y), settings)
     return bottleneck.eval()
 
 
 def _check(settings: BottleneckSettings, data: ArrayDataset) -> None:
-    for field in ("code_channels", "epochs", "batch_size"):
+    for field in ("code_channels", "epochs", "batch_size", "threads"):
         if getattr(settings, field) < 1:
             raise CompressionError(
                 f"BottleneckSettings.{field} must be >= 1, not {getattr(settings, field)}"

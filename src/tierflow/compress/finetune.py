@@ -8,9 +8,7 @@ reason). It is not a general training loop; full training lives in ``tierflow.tr
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -18,6 +16,7 @@ from torch import nn
 
 from tierflow.data.dataset import ArrayDataset
 from tierflow.errors import CompressionError
+from tierflow.torch_threads import torch_threads
 
 __all__ = ["accuracy", "finetune"]
 
@@ -45,7 +44,7 @@ def finetune(
         torch's RNG so two runs give the same weights.
     threads:
         torch intra-op threads while training (restored afterwards); see
-        Note [One torch thread].
+        Note [One torch thread] in :mod:`tierflow.torch_threads`.
 
     Raises
     ------
@@ -68,11 +67,13 @@ def finetune(
         raise CompressionError(f"finetune: batch_size must be >= 1, not {batch_size}")
     if len(data) == 0:
         raise CompressionError(f"finetune: training data {data.name!r} is empty")
+    if threads < 1:
+        raise CompressionError(f"finetune: threads must be >= 1, not {threads}")
     trained = copy.deepcopy(model)
     torch.manual_seed(seed)
     optimiser = torch.optim.Adam(trained.parameters(), lr=lr)
     trained.train()
-    with _torch_threads(threads):
+    with torch_threads(threads):  # Note [One torch thread]
         _train(trained, data, optimiser, epochs=epochs, batch_size=batch_size, seed=seed)
     trained.eval()
     return trained
@@ -113,30 +114,9 @@ def accuracy(model: nn.Module, data: ArrayDataset, *, batch_size: int = 256) -> 
     was_training = model.training
     model.eval()
     correct = 0
-    with torch.no_grad(), _torch_threads(1):
+    with torch.no_grad(), torch_threads(1):
         for x, y in data.batches(batch_size):
             predicted = model(torch.from_numpy(x)).argmax(dim=1).numpy()
             correct += int(np.sum(predicted == y))
     model.train(was_training)
     return correct / len(data)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads, then restore the old count.
-
-    Note [One torch thread]
-    ~~~~~~~~~~~~~~~~~~~~~~~
-    MNIST-sized models do microseconds of work per op, so extra threads only add
-    synchronisation, and on a busy host they wait for each other's time slices.
-    Measured: 3 epochs of LeNet-5 on mnist5k's 3,500 training samples took 0.76 s with
-    one thread and 6.8 s with two (2-core host, load average ~5).
-    """
-    if threads < 1:
-        raise CompressionError(f"finetune: threads must be >= 1, not {threads}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -103,7 +103,7 @@ def onnx_accuracy(path: str | Path, data: ArrayDataset, *, batch_size: int = 256
     if len(data) == 0:
         raise CompressionError(f"onnx_accuracy: dataset {data.name!r} is empty")
     # One thread: batches of MNIST-sized models gain nothing from more on a busy host
-    # (Note [One torch thread] in compress.finetune measured the same for torch).
+    # (Note [One torch thread] in tierflow.torch_threads measured the same for torch).
     session = ort_session(path, threads=1)
     name = session.get_inputs()[0].name
     correct = 0

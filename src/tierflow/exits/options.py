@@ -17,6 +17,7 @@ from tierflow.exits.model import ExitModel
 from tierflow.exits.policy import ExitPolicy
 from tierflow.graph import capture
 from tierflow.plan.exit_options import FINAL_EXIT, ExitHead, ExitOptions, ExitSetting
+from tierflow.torch_threads import torch_threads
 
 DEFAULT_DROPS_PP = (0.0, 0.25, 0.5, 1.0, 2.0, 5.0)
 """Accuracy-drop targets (pp) calibrated for each subset of exits: conservative to
@@ -27,20 +28,16 @@ MAX_SUBSET_EXITS = 4  # 2**4 - 1 = 15 subsets; beyond that only prefixes of the 
 def measure_head(model: ExitModel, name: str, *, runs: int = 30, warmup: int = 5) -> ExitHead:
     """Describe exit ``name``: median single-sample latency on this host, FLOPs, bytes.
 
-    Timed on one thread: a head is a handful of small ops, which a second intra-op thread
-    does not speed up, and which a thread pool competing with other work on the host
-    slows by orders of magnitude (measured: 0.08 ms alone, 32 ms while a training job
-    shared the two cores), and the planner divides this figure by each tier's speed.
+    Timed on one thread (Note [One torch thread] in :mod:`tierflow.torch_threads`): the
+    planner divides this figure by each tier's speed, so host load must not inflate it.
     """
     head = model.heads[name]
     sample = torch.randn(1, *model.attach_shape(name))
     was_training = head.training
-    threads = torch.get_num_threads()
     head.eval()
-    torch.set_num_threads(1)
     timings_ms: list[float] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(1):
             for index in range(warmup + runs):
                 start = time.perf_counter()
                 logits = head(sample)
@@ -50,7 +47,6 @@ def measure_head(model: ExitModel, name: str, *, runs: int = 30, warmup: int = 5
         flops = capture(head, (sample,), name=f"head {name}").total_flops
     finally:
         head.train(was_training)
-        torch.set_num_threads(threads)
     return ExitHead(
         name=name,
         node=model.nodes[name],

@@ -22,6 +22,7 @@ from tierflow.data import ArrayDataset, quadrant_views
 from tierflow.errors import FusionError
 from tierflow.exits.policy import ExitPolicy
 from tierflow.fusion.model import CloudOnlyModel, FusionMode, FusionModel
+from tierflow.torch_threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -53,22 +54,6 @@ def _dropout_mask(views: int, batch: int, rate: float, generator: torch.Generato
 
 def _batches(count: int, size: int, generator: torch.Generator) -> list[torch.Tensor]:
     return list(torch.randperm(count, generator=generator).split(size))  # type: ignore[no-untyped-call]
-
-
-class _OneThread:
-    """Train on one intra-op thread, restoring the caller's setting after.
-
-    Measured on the 2-core shared testbed: with torch's default of one thread per core,
-    OpenMP workers spin against the other processes and an 8-epoch run went from 4 s to
-    over 150 s under load; one thread degrades gracefully instead.
-    """
-
-    def __enter__(self) -> None:
-        self._previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self._previous)
 
 
 def _optimiser(
@@ -110,7 +95,7 @@ def train_fusion(
     optimiser, schedule = _optimiser(model, settings, len(y))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    with _OneThread():
+    with torch_threads(1):  # Note [One torch thread]
         for _ in range(settings.epochs):
             for index in _batches(len(y), settings.batch_size, generator):
                 mask = _dropout_mask(views, len(index), settings.dropout, generator)
@@ -136,7 +121,7 @@ def train_cloud_only(
     optimiser, schedule = _optimiser(model, settings, len(y))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    with _OneThread():
+    with torch_threads(1):  # Note [One torch thread]
         for _ in range(settings.epochs):
             for index in _batches(len(y), settings.batch_size, generator):
                 loss = loss_fn(model(x[:, index]), y[index])
