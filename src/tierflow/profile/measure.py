@@ -51,6 +51,7 @@ from torch import fx
 from tierflow.errors import ProfileError
 from tierflow.graph.trace import Traced
 from tierflow.profile.profile import Profile
+from tierflow.torch_threads import torch_threads
 
 _Loader = Callable[[list[Any]], tuple[tuple[Any, ...], dict[str, Any]]]
 
@@ -141,13 +142,8 @@ def profile_model(
         raise ProfileError(f"threads must be >= 1, got {thread_count}")
 
     module = copy.deepcopy(source).eval()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(thread_count)
-    try:
-        with torch.inference_mode():
-            node_ns, whole_ns, overhead_ns = _measure(module, inputs, warmup, runs, progress)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(thread_count), torch.inference_mode():
+        node_ns, whole_ns, overhead_ns = _measure(module, inputs, warmup, runs, progress)
 
     node_ms = {
         node.name: (statistics.median(node_ns[node.name]) / 1e6 if node.name in node_ns else 0.0)

@@ -25,6 +25,7 @@ from torch import nn
 
 from tierflow.errors import ProfileError
 from tierflow.profile.profile import Profile
+from tierflow.torch_threads import torch_threads
 
 
 def _elapsed_ms(action: Callable[[], object]) -> float:
@@ -81,20 +82,15 @@ def calibrate_to_onnxruntime(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     feeds = {f"input_{i}": np.asarray(x.detach().numpy()) for i, x in enumerate(inputs)}
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                session.run(None, feeds)
-                model(*inputs)
-            onnx_ms: list[float] = []
-            torch_ms: list[float] = []
-            for _ in range(runs):  # interleaved, so machine noise hits both alike
-                onnx_ms.append(_elapsed_ms(lambda: session.run(None, feeds)))
-                torch_ms.append(_elapsed_ms(lambda: model(*inputs)))
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            session.run(None, feeds)
+            model(*inputs)
+        onnx_ms: list[float] = []
+        torch_ms: list[float] = []
+        for _ in range(runs):  # interleaved, so machine noise hits both alike
+            onnx_ms.append(_elapsed_ms(lambda: session.run(None, feeds)))
+            torch_ms.append(_elapsed_ms(lambda: model(*inputs)))
     onnx_whole = statistics.median(onnx_ms)
     torch_whole = statistics.median(torch_ms)
     # The executors' relative speed comes from their fastest runs: on a shared machine a
