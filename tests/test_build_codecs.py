@@ -25,8 +25,8 @@ from tierflow.graph import capture
 from tierflow.models import resolve_model
 from tierflow.plan import plan as make_plan
 from tierflow.plan.codec_options import CodecCandidate, CodecOptions
-from tierflow.plan.codec_planner import plan_with_codecs
 from tierflow.plan.plan import Plan
+from tierflow.plan.variant_planner import plan_with_codecs
 from tierflow.topology import Topology, topology_from_dict
 
 runner = CliRunner()
@@ -184,7 +184,7 @@ def test_codecs_together_with_exits_are_refused(files: dict[str, Path]) -> None:
     result = runner.invoke(app, plan_cli(files, "--exits", str(files["codecs"])))
 
     assert result.exit_code == 2
-    assert "--codecs cannot be combined with --exits" in said(result.output)
+    assert "--codecs and --variants cannot be combined with --exits" in said(result.output)
 
 
 def test_max_accuracy_drop_alone_still_asks_for_exits_or_codecs(files: dict[str, Path]) -> None:
@@ -193,7 +193,7 @@ def test_max_accuracy_drop_alone_still_asks_for_exits_or_codecs(files: dict[str,
     result = runner.invoke(app, args)
 
     assert result.exit_code == 2
-    assert "needs --exits or --codecs" in said(result.output)
+    assert "needs --exits, --codecs or --variants" in said(result.output)
 
 
 def test_the_cli_default_budget_is_the_planners() -> None:

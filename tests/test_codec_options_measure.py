@@ -21,7 +21,7 @@ from tierflow.errors import CompressionError
 from tierflow.graph import capture
 from tierflow.models import resolve_model
 from tierflow.plan.codec_options import CodecOptions
-from tierflow.plan.codec_planner import plan_with_codecs
+from tierflow.plan.variant_planner import plan_with_codecs
 from tierflow.topology import load_topology
 
 ROOT = Path(__file__).parent.parent

@@ -16,11 +16,12 @@ from tierflow.graph import capture
 from tierflow.models import resolve_model
 from tierflow.plan import Plan, plan
 from tierflow.plan.codec_options import CodecCandidate, CodecOptions
-from tierflow.plan.codec_planner import link_codecs, plan_with_codecs
+from tierflow.plan.codec_planner import link_codecs
 from tierflow.plan.cost_model import CostModel, _replace
 from tierflow.plan.evaluate import codec_drop_pp, evaluate, link_weights
 from tierflow.plan.milp import solve
 from tierflow.plan.objective import Objective
+from tierflow.plan.variant_planner import plan_with_codecs
 from tierflow.topology import load_topology
 
 from plan_instances import monotone_assignments, random_cost_model

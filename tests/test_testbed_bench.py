@@ -109,7 +109,7 @@ def test_bench_cli_writes_json_markdown_and_the_figure(tmp_path: Path, monkeypat
 
 
 def test_a_plan_with_codecs_is_its_own_deployment_when_it_compresses(lenet):
-    from tierflow.measure.testbed_bench import CodecChoice, configurations, deployment_key
+    from tierflow.measure.testbed_bench import CompressionChoice, configurations, deployment_key
     from tierflow.plan.codec_options import CodecCandidate, CodecOptions
 
     _, _, graph = lenet
@@ -125,7 +125,7 @@ def test_a_plan_with_codecs_is_its_own_deployment_when_it_compresses(lenet):
         graph,
         topology_from_dict(slow),
         {"phone": phone, "cloud": estimate},
-        CodecChoice(options, max_accuracy_drop_pp=0.5),
+        CompressionChoice(0.5, codecs=options),
     )
 
     assert configs["plan+codecs"].link_codecs == {"phone": {"x": "int8+zstd"}}
@@ -146,3 +146,29 @@ def test_a_baseline_the_tier_cannot_hold_is_left_out(lenet):
     )
 
     assert set(configs) == {"plan", "all-cloud"}
+
+
+def test_a_plan_with_an_int8_tier_is_its_own_deployment(lenet):
+    from tierflow.measure.testbed_bench import CompressionChoice, configurations, deployment_key
+    from tierflow.plan.variant_options import VariantOption, VariantOptions
+
+    _, _, graph = lenet
+    estimate = estimate_profile(graph)
+    slow = json.loads(json.dumps(TWO_TIERS))
+    slow["links"][0]["bandwidth_mbps"] = 0.5  # sending the raw input costs ~50 ms ...
+    # ... and the phone takes 10 ms per node in fp32, 1 ms in the (measured) int8 variant.
+    phone = dataclasses.replace(estimate, node_ms=dict.fromkeys(estimate.node_ms, 10.0))
+    fast = {n.name: 0.1 for n in graph.nodes}
+    options = VariantOptions(graph.model, (VariantOption("int8-static", 0.2, fast, fast),))
+    configs = configurations(
+        graph,
+        topology_from_dict(slow),
+        {"phone": phone, "cloud": estimate},
+        CompressionChoice(0.5, variants=options),
+    )
+
+    compressed = configs["plan+compressed"]
+    assert compressed.tier_variants == {"phone": "int8-static"}
+    assert compressed.compression_drop_pp == pytest.approx(0.2)
+    assert compressed.predicted.latency_ms < configs["plan"].predicted.latency_ms
+    assert deployment_key(compressed) != deployment_key(configs["plan"])

@@ -27,7 +27,7 @@ Note [early exits in a build]
     module the spec does not name (:mod:`tierflow.artifacts.exit_heads`).
 
 Note [codecs in a build]
-    A plan's ``link_codecs`` (chosen by :func:`~tierflow.plan.codec_planner.plan_with_codecs`)
+    A plan's ``link_codecs`` (chosen by :func:`~tierflow.plan.variant_planner.plan_with_codecs`)
     are copied unchanged into the manifest's ``link_codecs``, so ``tierflow serve`` and the
     testbed compress those tensors on the wire with no further option. The segments do not
     change: a codec is a property of a link, not of the model. Each named value is checked
@@ -61,6 +61,7 @@ from tierflow.artifacts.manifest import (
     file_digest,
     plan_digest,
 )
+from tierflow.artifacts.segment_variants import compress_segment
 from tierflow.errors import ArtifactError
 from tierflow.partition import Segment, SplitModel, ValueRef
 from tierflow.partition.from_plan import split_at_exits
@@ -84,6 +85,7 @@ def build(
     executor: ExecutorChoice = "auto",
     opset: int = ONNX_OPSET,
     exit_heads: Mapping[str, nn.Module] | None = None,
+    calibration: Sequence[Any] | None = None,
 ) -> Manifest:
     """Split ``model`` as ``plan`` says and write each segment, plus ``manifest.json``.
 
@@ -104,6 +106,10 @@ def build(
         ``{exit name: head}`` for every exit of ``plan.exits``: a module that takes the
         exit node's output and returns logits shaped like the model's one output. Each
         is exported to ONNX as ``exit-NAME.onnx`` (Note [early exits in a build]).
+    calibration:
+        Model inputs (a batch of real samples, e.g. 256) for the static int8 segments of
+        ``plan.tier_variants`` (Note [variants in a build] in
+        :mod:`tierflow.artifacts.segment_variants`); not needed otherwise.
 
     Raises
     ------
@@ -112,7 +118,8 @@ def build(
         (``executor="onnx"``) a segment cannot be exported faithfully, or a planned exit
         has no head, or its head cannot be exported or returns the wrong shape, or a
         codec of ``plan.link_codecs`` names a value that is not a float tensor
-        (Note [codecs in a build]).
+        (Note [codecs in a build]), or a tier of ``plan.tier_variants`` cannot be
+        quantised (naming the tier).
 
     Examples
     --------
@@ -160,6 +167,8 @@ def build(
         if kind == "torch":
             files = (_save_weights(segment, stem, out),)
         entries.append(SegmentEntry(segment.tier, kind, files, ins, outs, part=part))
+    if plan.tier_variants:
+        entries = _compress_tiers(plan, segments, entries, calibration, out)
     exits = tuple(
         export_exit_head(
             planned,
@@ -186,6 +195,26 @@ def build(
     )
     (out / MANIFEST_NAME).write_text(manifest.to_json() + "\n")
     return manifest
+
+
+def _compress_tiers(
+    plan: Plan,
+    segments: SplitModel,
+    entries: Sequence[SegmentEntry],
+    calibration: Sequence[Any] | None,
+    out: Path,
+) -> list[SegmentEntry]:
+    """Each segment of a tier in ``plan.tier_variants`` quantised to that variant."""
+    feeds: dict[str, Any] | None = None
+    if calibration is not None:
+        run = _values(segments, tuple(calibration))
+        feeds = {name: to_array(value) for name, value in run.items()}
+    return [
+        compress_segment(e, plan.tier_variants[e.tier], feeds, out)
+        if e.tier in plan.tier_variants
+        else e
+        for e in entries
+    ]
 
 
 def _check_link_codecs(plan: Plan, values: Mapping[str, Any]) -> None:

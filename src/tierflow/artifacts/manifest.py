@@ -18,6 +18,10 @@ version stays 1): without it every tensor travels as raw bytes, exactly as befor
 tierflow that does not know the section ignores it and sends raw bytes, which every tier
 still accepts. :func:`~tierflow.runtime.manifest_route.route_from_manifest` reads it and
 checks the specs and tensor names against the tier's route.
+
+A segment may carry ``variant`` (e.g. ``"int8-static"``): its ONNX file was quantised at
+build time because the plan's ``tier_variants`` chose it for that tier. The field is
+optional and additive like ``link_codecs``; without it a segment is fp32.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Literal
 from tierflow.documents import read_json_object
 from tierflow.errors import ArtifactError
 from tierflow.plan.plan import Plan
+from tierflow.plan.variant_options import FP32, QUANT_MODES
 from tierflow.runtime.executor import IOSpec
 
 MANIFEST_FORMAT_VERSION = 1
@@ -106,6 +111,10 @@ class SegmentEntry:
     inputs: tuple[ValueEntry, ...]
     outputs: tuple[ValueEntry, ...]
     part: int = 0
+    # "fp32" as exported, or the compressed variant its ONNX file was quantised to
+    # (:data:`tierflow.plan.variant_options.QUANT_MODES`); lossy, so it is not checked
+    # against PyTorch to 1e-4 as fp32 segments are.
+    variant: str = FP32
 
     @property
     def label(self) -> str:
@@ -122,6 +131,8 @@ class SegmentEntry:
         }
         if self.part:
             document["part"] = self.part
+        if self.variant != FP32:
+            document["variant"] = self.variant
         return document
 
     @classmethod
@@ -129,6 +140,12 @@ class SegmentEntry:
         executor = str(data["executor"])
         if executor not in _EXECUTOR_KINDS:
             raise ArtifactError(f"segment {data.get('tier')!r} has unknown executor {executor!r}")
+        variant = str(data.get("variant", FP32))
+        if variant != FP32 and variant not in QUANT_MODES:
+            raise ArtifactError(
+                f"segment {data.get('tier')!r} has unknown variant {variant!r}; "
+                f"expected {FP32!r} or one of {list(QUANT_MODES)}"
+            )
         return cls(
             tier=str(data["tier"]),
             executor=executor,
@@ -136,6 +153,7 @@ class SegmentEntry:
             inputs=tuple(ValueEntry.from_dict(v) for v in data["inputs"]),
             outputs=tuple(ValueEntry.from_dict(v) for v in data["outputs"]),
             part=int(data.get("part", 0)),
+            variant=variant,
         )
 
 

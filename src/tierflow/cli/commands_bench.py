@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import torch
 import typer
 from rich.table import Table
 
 from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.cli.commands_plan import planner_for, read_raw_topology
 from tierflow.cli.demo_exits import exit_demo
-from tierflow.cli.exit_bench import exit_table, is_exit_run, run_exit_testbed_bench
+from tierflow.cli.exit_bench import RUN_PREFIX, exit_table, is_exit_run, run_exit_testbed_bench
 from tierflow.cli.loading import load_model, measure_host_profile, measured_tier_profiles
 from tierflow.cli.render import plan_tables
+from tierflow.data import load_dataset
+from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES
 from tierflow.errors import TopologyError
 from tierflow.measure.bench_report import markdown_report, plot_measured, speedup_summary
 from tierflow.measure.exit_report import cpu_summary, exit_summary
@@ -22,15 +25,18 @@ from tierflow.measure.planner_bench import time_planner, timings_to_dicts
 from tierflow.measure.plots import plot_sweep
 from tierflow.measure.testbed_bench import (
     BenchSettings,
-    CodecChoice,
+    CompressionChoice,
     ConfigResult,
+    LabelledSamples,
     results_to_json,
     run_bench,
 )
 from tierflow.plan import Plan
 from tierflow.plan.codec_options import CodecOptions
 from tierflow.plan.sweep import SweepPoint, SweepSpec, sweep
+from tierflow.plan.variant_options import VariantOptions
 from tierflow.topology import topology_from_dict
+from tierflow.train.run_dir import RunConfig
 
 DEFAULT_MODEL = "torchvision:resnet18"
 DEFAULT_TOPOLOGY = Path("examples/topologies/camera-gateway-cloud.yaml")
@@ -108,7 +114,8 @@ def run_testbed_bench(
     profile_runs: int,
     input_shape: str | None,
     quiet: bool,
-    codecs: CodecChoice | None = None,
+    compression: CompressionChoice | None = None,
+    labelled: LabelledSamples | None = None,
 ) -> list[ConfigResult]:
     """Profile each tier in its budget, plan, deploy, measure; write report.md/.json/.png."""
     say = err_console.print if quiet else console.print
@@ -128,7 +135,8 @@ def run_testbed_bench(
         settings=settings,
         emulate=emulate,
         progress=say,
-        codecs=codecs,
+        compression=compression,
+        labelled=labelled,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results_to_json(results), indent=2) + "\n")
@@ -174,17 +182,35 @@ def bench(
     input_shape: Annotated[str | None, typer.Option(help="Example input shape")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
     data: Annotated[
-        str | None, typer.Option(help="Exit models: held-out data (default: the run's dataset)")
+        str | None,
+        typer.Option(
+            help="Labelled data: held-out inputs for exit models, and for other models the "
+            "test samples each deployment's accuracy is measured on, and the calibration "
+            "samples of int8 tiers (default for run:DIR: the run's dataset)"
+        ),
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(min=1, help="Exit models: test inputs sent (default: all)")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Test inputs sent (default: all for exit models, "
+            f"{DEFAULT_ACCURACY_SAMPLES} for accuracy of other models)",
+        ),
     ] = None,
     max_accuracy_drop: Annotated[
-        float, typer.Option(help="Accuracy drop allowed to the planner (exits, codecs), in pp")
+        float,
+        typer.Option(help="Accuracy drop allowed to the planner (exits, codecs, variants), in pp"),
     ] = 0.5,
     codecs: Annotated[
         Path | None,
         typer.Option(help="Codec options (tierflow compress --codec-options): adds plan+codecs"),
+    ] = None,
+    variants: Annotated[
+        Path | None,
+        typer.Option(
+            help="Variant options (tierflow compress --variant-options): adds plan+compressed, "
+            "a variant per tier (with --codecs too, codecs per link)"
+        ),
     ] = None,
 ) -> None:
     """Deploy the plan and the baselines on the local testbed and measure them.
@@ -193,7 +219,7 @@ def bench(
     through the exit-aware plan, the exit-unaware plan, the model without exits and raw
     offload, and accuracy and exit rates are reported besides latency and bytes.
     """
-    if is_exit_run(model) and codecs is None:
+    if is_exit_run(model) and codecs is None and variants is None:
         outcome = run_exit_testbed_bench(
             model,
             topology,
@@ -227,9 +253,14 @@ def bench(
         profile_runs=profile_runs,
         input_shape=input_shape,
         quiet=json_out,
-        codecs=None
-        if codecs is None
-        else CodecChoice(CodecOptions.load(codecs), max_accuracy_drop_pp=max_accuracy_drop),
+        **compression_inputs(
+            model,
+            codecs=codecs,
+            variants=variants,
+            data=data,
+            samples=samples,
+            max_accuracy_drop_pp=max_accuracy_drop,
+        ),
     )
     if json_out:
         print(json.dumps(results_to_json(results), indent=2))
@@ -237,6 +268,49 @@ def bench(
     console.print(bench_table(results))
     console.print(speedup_summary(results))
     console.print(f"report: {out / 'report.md'}")
+
+
+DEFAULT_ACCURACY_SAMPLES = 200
+
+
+def compression_inputs(
+    model: str,
+    *,
+    codecs: Path | None,
+    variants: Path | None,
+    data: str | None,
+    samples: int | None,
+    max_accuracy_drop_pp: float,
+) -> dict[str, Any]:
+    """The model bench's ``compression`` and ``labelled`` arguments from CLI options.
+
+    Labelled data comes from ``data``, else from a ``run:DIR``'s own dataset; variants
+    need it (calibration of int8 tiers), plain plans only use it for accuracy.
+    """
+    dataset = data
+    if dataset is None and model.startswith(RUN_PREFIX):
+        dataset = RunConfig.load(Path(model[len(RUN_PREFIX) :])).dataset
+    if variants is not None and dataset is None:
+        raise typer.BadParameter(
+            "--variants builds int8 tiers, which need calibration samples: give --data",
+            param_hint="--data",
+        )
+    labelled = None
+    calibration = None
+    if dataset is not None:
+        splits = load_dataset(dataset)
+        count = samples or DEFAULT_ACCURACY_SAMPLES
+        labelled = LabelledSamples(splits.test.x[:count], splits.test.y[:count])
+        calibration = torch.from_numpy(splits.train.x[:DEFAULT_CALIBRATION_SAMPLES].copy())
+    compression = None
+    if codecs is not None or variants is not None:
+        compression = CompressionChoice(
+            max_accuracy_drop_pp,
+            codecs=None if codecs is None else CodecOptions.load(codecs),
+            variants=None if variants is None else VariantOptions.load(variants),
+            calibration=calibration,
+        )
+    return {"compression": compression, "labelled": labelled}
 
 
 DEMO_BENCH_SWEEP = "links.0.bandwidth_mbps=5,25,100"

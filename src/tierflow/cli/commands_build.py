@@ -13,6 +13,7 @@ from tierflow.artifacts import ExecutorChoice, Manifest, build
 from tierflow.cli.app import app, console, reports_errors
 from tierflow.cli.commands_model import InputShape, Weights
 from tierflow.cli.loading import parse_shape
+from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES, calibration_batch
 from tierflow.errors import ArtifactError
 from tierflow.models import resolve_model
 from tierflow.plan import Plan
@@ -24,13 +25,14 @@ def _names(values: tuple[str, ...], limit: int = 3) -> str:
 
 def manifest_table(manifest: Manifest) -> Table:
     table = Table(title=f"{manifest.model} · plan {manifest.plan_sha256[:12]} · {manifest.root}")
-    for column in ("tier", "executor", "inputs", "outputs", "files", "size"):
+    for column in ("tier", "executor", "variant", "inputs", "outputs", "files", "size"):
         table.add_column(column, justify="right" if column == "size" else "left")
     for index, segment in enumerate(manifest.segments):
         size = sum((manifest.root / f.path).stat().st_size for f in segment.files)
         table.add_row(
             segment.label,
             segment.executor,
+            segment.variant,
             _names(tuple(v.name for v in segment.inputs)),
             _names(tuple(v.name for v in segment.outputs)),
             ", ".join(f.path for f in segment.files),
@@ -43,6 +45,7 @@ def manifest_table(manifest: Manifest) -> Table:
                 table.add_row(
                     f"{segment.tier} exit {entry.name}",
                     f"onnx, {entry.policy} >= {entry.threshold:g}",
+                    "fp32",
                     entry.input.name,
                     entry.answers,
                     entry.file.path,
@@ -92,6 +95,16 @@ def build_command(
     ] = "auto",
     input_shape: InputShape = None,
     weights: Weights = None,
+    calibration_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset (mnist5k | digits | npz:FILE | folder:DIR) whose first training "
+            "samples calibrate the int8-static tiers of the plan's tier_variants"
+        ),
+    ] = None,
+    calibration_samples: Annotated[
+        int, typer.Option(min=1, help="With --calibration-data: samples used")
+    ] = DEFAULT_CALIBRATION_SAMPLES,
 ) -> None:
     """Build PLAN.json's segments into per-tier files and a manifest in --out."""
     if executor not in ("auto", "onnx", "torch"):
@@ -101,7 +114,25 @@ def build_command(
     model, inputs = resolve_model(
         the_plan.model, input_shape=parse_shape(input_shape), weights=weights
     )
+    static = [t for t, v in the_plan.tier_variants.items() if v == "int8-static"]
+    if static and calibration_data is None:
+        raise typer.BadParameter(
+            f"the plan runs {', '.join(static)} as int8-static, which needs calibration "
+            "samples: give --calibration-data (e.g. the dataset the model was trained on)",
+            param_hint="--calibration-data",
+        )
+    calibration = (
+        None
+        if calibration_data is None
+        else (calibration_batch(calibration_data, inputs[0], samples=calibration_samples),)
+    )
     manifest = build(
-        model, the_plan, inputs, out, executor=cast(ExecutorChoice, executor), exit_heads=heads
+        model,
+        the_plan,
+        inputs,
+        out,
+        executor=cast(ExecutorChoice, executor),
+        exit_heads=heads,
+        calibration=calibration,
     )
     console.print(manifest_table(manifest))

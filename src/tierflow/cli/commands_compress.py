@@ -25,12 +25,14 @@ from tierflow.compress.cut_measure import (
     measure_cut_codecs,
 )
 from tierflow.compress.finetune import accuracy, finetune
+from tierflow.compress.variant_options_measure import DEFAULT_PLAN_VARIANTS, variant_options_for
 from tierflow.compress.variants import Variant, compress_variants
 from tierflow.data import load_dataset
 from tierflow.data.dataset import DatasetSplits
 from tierflow.errors import CompressionError
 from tierflow.models import resolve_model
 from tierflow.plan.codec_options import CodecOptions
+from tierflow.plan.variant_options import VariantOptions
 
 _RANDOM_INIT = ("zoo:", "torchvision:")  # specs whose weights are random at build time
 _DEFAULT_VARIANTS = "fp32,pruned,int8-static,int8-dynamic,pruned+int8"
@@ -102,6 +104,24 @@ def _options_table(options: CodecOptions) -> Table:
             f"{c.decode_ms:.3f}",
             f"{c.accuracy_drop_pp:.2f}",
         )
+    return table
+
+
+def _variant_options_table(options: VariantOptions) -> Table:
+    """Per variant: its accuracy drop and the time ratio of each stretch it changes."""
+    table = Table(title="variant options for the planner (ONNX Runtime, 1 thread)")
+    for column in ("variant", "drop pp", "time ratio per stretch (variant / fp32)"):
+        table.add_column(column, justify="right" if column == "drop pp" else "left")
+    for v in options.variants:
+        # Nodes are listed in graph order and a stretch's nodes share its ratio.
+        stretches: list[tuple[float, list[str]]] = []
+        for node, ratio in v.time_ratio.items():
+            if stretches and stretches[-1][0] == ratio:
+                stretches[-1][1].append(node)
+            else:
+                stretches.append((ratio, [node]))
+        shown = "; ".join(f"{nodes[0]}..{nodes[-1]}: {ratio:.2f}" for ratio, nodes in stretches)
+        table.add_row(v.name, f"{v.accuracy_drop_pp:.2f}", shown or "unchanged")
     return table
 
 
@@ -203,6 +223,16 @@ def compress(
     codec_options_limit: Annotated[
         int, typer.Option(min=1, help="With --codec-options: validation samples measured")
     ] = DEFAULT_LIMIT,
+    variant_options: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also measure --plan-variants per stretch of the model and write the "
+            "planner's variant options (variants.json) here, for tierflow plan --variants"
+        ),
+    ] = None,
+    plan_variants: Annotated[
+        str, typer.Option(help="With --variant-options: variants measured, comma-separated")
+    ] = ",".join(DEFAULT_PLAN_VARIANTS),
 ) -> None:
     """Measure MODEL's compressed variants and the ways across one cut (codecs, bottleneck)."""
     say = err_console.print if json_out else console.print
@@ -254,13 +284,32 @@ def compress(
         codec_options.parent.mkdir(parents=True, exist_ok=True)
         options.save(codec_options)
         say(f"codec options for {len(options.candidates)} (node, codec) pairs: {codec_options}")
+    planned_variants: VariantOptions | None = None
+    if variant_options is not None:
+        say(f"measuring variant options per stretch ({splits.val.name} split for accuracy) ...")
+        planned_variants = variant_options_for(
+            net,
+            example,
+            splits,
+            model_spec=model,
+            variants=_items(plan_variants),
+            runs=runs,
+            limit=codec_options_limit,
+        )
+        variant_options.parent.mkdir(parents=True, exist_ok=True)
+        planned_variants.save(variant_options)
+        say(f"variant options ({len(planned_variants.variants)} variants): {variant_options}")
     if json_out:
         document = _document(model, cut, trained, measured, rows)
         if codec_options is not None:
             document["codec_options"] = str(codec_options)
+        if variant_options is not None:
+            document["variant_options"] = str(variant_options)
         print(json.dumps(document, indent=2))
     else:
         console.print(_variants_table(measured))
         console.print(_codecs_table(rows))
         if options is not None:
             console.print(_options_table(options))
+        if planned_variants is not None:
+            console.print(_variant_options_table(planned_variants))

@@ -33,15 +33,16 @@ from tierflow.measure.plots import plot_sweep
 from tierflow.plan import Plan
 from tierflow.plan import plan as make_plan
 from tierflow.plan.codec_options import CodecOptions
-from tierflow.plan.codec_planner import plan_with_codecs
 from tierflow.plan.exit_options import ExitOptions
 from tierflow.plan.exit_planner import plan_with_exits
 from tierflow.plan.sweep import SweepSpec, sweep, sweep_to_dict
+from tierflow.plan.variant_options import VariantOptions
+from tierflow.plan.variant_planner import plan_compressed
 from tierflow.profile import Profile
 from tierflow.topology import Topology, apply_overrides, topology_from_dict
 from tierflow.topology.load import resolve_profile_paths
 
-# plan_with_codecs's own default budget, restated so the CLI can print it.
+# plan_compressed's own default budget, restated so the CLI can print it.
 DEFAULT_CODEC_DROP_PP = 1.0
 
 
@@ -65,54 +66,47 @@ def planner_for(
     latency_target_ms: float | None = None,
     max_accuracy_drop_pp: float | None = None,
     codecs: CodecOptions | None = None,
+    variants: VariantOptions | None = None,
 ) -> Callable[[Topology], Plan]:
-    if exits is not None and codecs is not None:
+    if exits is not None and (codecs is not None or variants is not None):
         # Each planner extends the placement program its own way; no program has both.
-        raise PlanError("exits and codecs cannot be planned together: give one of them")
+        raise PlanError(
+            "exits cannot be planned together with codecs or variants: give one of them"
+        )
 
     def run(topology: Topology) -> Plan:
-        if codecs is not None:
-            return plan_with_codecs(
+        # What every planner takes: the graph, the topology, costs and constraints.
+        common: dict[str, Any] = {
+            "profile": host,
+            "tier_profiles": tier_profiles,
+            "objective": objective,
+            "pins": pins,
+            "private_input": private_input,
+            "slo_ms": slo_ms,
+            "time_limit_s": time_limit_s,
+        }
+        resolved = resolve_profile_paths(topology, base_dir)
+        if variants is not None or codecs is not None:
+            return plan_compressed(
                 loaded.graph,
-                resolve_profile_paths(topology, base_dir),
-                codecs,
+                resolved,
+                variants=variants,
+                codecs=codecs,
                 max_accuracy_drop_pp=(
                     DEFAULT_CODEC_DROP_PP if max_accuracy_drop_pp is None else max_accuracy_drop_pp
                 ),
-                profile=host,
-                tier_profiles=tier_profiles,
-                objective=objective,
-                pins=pins,
-                private_input=private_input,
-                slo_ms=slo_ms,
-                time_limit_s=time_limit_s,
+                **common,
             )
         if exits is not None:
             return plan_with_exits(
                 loaded.graph,
-                resolve_profile_paths(topology, base_dir),
+                resolved,
                 exits,
-                profile=host,
-                tier_profiles=tier_profiles,
-                objective=objective,
                 latency_target_ms=latency_target_ms,
                 max_accuracy_drop_pp=max_accuracy_drop_pp,
-                pins=pins,
-                private_input=private_input,
-                slo_ms=slo_ms,
-                time_limit_s=time_limit_s,
+                **common,
             )
-        return make_plan(
-            loaded.graph,
-            resolve_profile_paths(topology, base_dir),
-            profile=host,
-            tier_profiles=tier_profiles,
-            objective=objective,
-            pins=pins,
-            private_input=private_input,
-            slo_ms=slo_ms,
-            time_limit_s=time_limit_s,
-        )
+        return make_plan(loaded.graph, resolved, **common)
 
     return run
 
@@ -164,12 +158,20 @@ def plan(
             "each crossing value's activation codec together, within --max-accuracy-drop",
         ),
     ] = None,
+    variants: Annotated[
+        Path | None,
+        typer.Option(
+            "--variants",
+            help="variants.json (tierflow compress --variant-options): also choose per tier "
+            "whether its segments run fp32 or compressed (int8), within --max-accuracy-drop",
+        ),
+    ] = None,
     max_accuracy_drop: Annotated[
         float | None,
         typer.Option(
             help="With --exits: only settings within this many accuracy points (pp) of the "
-            "final classifier. With --codecs: bound on the codecs' summed accuracy drop "
-            f"(pp, default {DEFAULT_CODEC_DROP_PP:g})"
+            "final classifier. With --codecs/--variants: bound on the summed accuracy drop "
+            f"of the chosen codecs and variants (pp, default {DEFAULT_CODEC_DROP_PP:g})"
         ),
     ] = None,
     sweep_spec: Annotated[
@@ -192,23 +194,25 @@ def plan(
     leaf: Leaf = [],  # noqa: B006
 ) -> None:
     """Find the optimal placement of MODEL's layers on the tiers of a topology."""
-    if exits is not None and codecs is not None:
+    if exits is not None and (codecs is not None or variants is not None):
         raise typer.BadParameter(
-            "--codecs cannot be combined with --exits: the codec planner does not plan early "
-            "exits; plan with one of them",
-            param_hint="--codecs",
+            "--codecs and --variants cannot be combined with --exits: the compression "
+            "planner does not plan early exits; plan with one of them",
+            param_hint="--codecs" if codecs is not None else "--variants",
         )
     if exits is None:
         if latency_target_ms is not None:
             raise typer.BadParameter(
                 "--latency-target-ms needs --exits", param_hint="--latency-target-ms"
             )
-        if max_accuracy_drop is not None and codecs is None:
+        if max_accuracy_drop is not None and codecs is None and variants is None:
             raise typer.BadParameter(
-                "--max-accuracy-drop needs --exits or --codecs", param_hint="--max-accuracy-drop"
+                "--max-accuracy-drop needs --exits, --codecs or --variants",
+                param_hint="--max-accuracy-drop",
             )
     exit_options = None if exits is None else ExitOptions.load(exits)
     codec_options = None if codecs is None else CodecOptions.load(codecs)
+    variant_options = None if variants is None else VariantOptions.load(variants)
     raw = read_raw_topology(topology, set_)
     the_topology = topology_from_dict(raw, source=str(topology))
     loaded = load_model(
@@ -240,6 +244,7 @@ def plan(
         latency_target_ms=latency_target_ms,
         max_accuracy_drop_pp=max_accuracy_drop,
         codecs=codec_options,
+        variants=variant_options,
     )
     if sweep_spec is not None:
         spec = SweepSpec.parse(sweep_spec)
@@ -254,8 +259,8 @@ def plan(
             for table in plan_tables(point.plan):
                 console.print(table)
             _print_exits(point.plan)
-            if codec_options is not None:
-                _print_codecs(point.plan, budget_pp=max_accuracy_drop)
+            if codec_options is not None or variant_options is not None:
+                _print_compression(point.plan, budget_pp=max_accuracy_drop)
         if plot is not None:
             console.print(f"sweep figure written to {plot}")
         return
@@ -270,8 +275,8 @@ def plan(
     for table in plan_tables(result):
         console.print(table)
     _print_exits(result)
-    if codec_options is not None:
-        _print_codecs(result, budget_pp=max_accuracy_drop)
+    if codec_options is not None or variant_options is not None:
+        _print_compression(result, budget_pp=max_accuracy_drop)
     if out is not None:
         console.print(f"plan written to {out}")
 
@@ -320,9 +325,20 @@ def _print_exits(plan: Plan) -> None:
         console.print(f"expected accuracy: {plan.accuracy:.2%}")
 
 
-def _print_codecs(plan: Plan, *, budget_pp: float | None) -> None:
-    """With --codecs: the codec chosen per link and value, and the predicted accuracy drop."""
+def _print_compression(plan: Plan, *, budget_pp: float | None) -> None:
+    """With --codecs/--variants: the variant per tier, the codec per link and value, and
+    the predicted accuracy drop."""
     budget = DEFAULT_CODEC_DROP_PP if budget_pp is None else budget_pp
+    if plan.tier_variants:
+        shown = ", ".join(f"{tier}: {name}" for tier, name in plan.tier_variants.items())
+        console.print(f"compressed variants: {shown} (other tiers fp32)")
+    elif plan.compression_drop_pp is not None:
+        console.print("compressed variants: none chosen (fp32 everywhere)")
+    if plan.compression_drop_pp is not None:
+        console.print(
+            f"predicted accuracy drop from variants and codecs: {plan.compression_drop_pp:.2f} "
+            f"pp (budget {budget:g} pp)"
+        )
     if not plan.link_codecs:
         console.print(
             "activation codecs: none chosen (raw bytes are cheapest, or no candidate fits "
@@ -338,5 +354,6 @@ def _print_codecs(plan: Plan, *, budget_pp: float | None) -> None:
         for value, spec in chosen.items():
             table.add_row(link, value, spec, f"{plan.predicted.bytes_per_link.get(link, 0.0):.0f}")
     console.print(table)
-    drop = plan.codec_accuracy_drop_pp or 0.0
-    console.print(f"predicted accuracy drop from codecs: {drop:.2f} pp (budget {budget:g} pp)")
+    if plan.compression_drop_pp is None:
+        drop = plan.codec_accuracy_drop_pp or 0.0
+        console.print(f"predicted accuracy drop from codecs: {drop:.2f} pp (budget {budget:g} pp)")

@@ -4,7 +4,7 @@
 :class:`~tierflow.plan.codec_options.CodecOptions`: per (cut value, codec) the mean
 compression ratio, the host's encode and decode time for one sample, and the accuracy
 the model loses when only that value is round-tripped through the codec. It is the
-measuring step before :func:`~tierflow.plan.codec_planner.plan_with_codecs`; the plan's
+measuring step before :func:`~tierflow.plan.variant_planner.plan_with_codecs`; the plan's
 ``link_codecs`` then go into the build manifest, so ``tierflow serve`` applies them.
 
 Note [How codec candidates are measured]

@@ -18,7 +18,7 @@ from tierflow.errors import CompressionError
 from tierflow.graph import trace
 from tierflow.partition import Segment, split_traced
 
-__all__ = ["CutParts", "SingleOutput", "cut_candidates", "split_at"]
+__all__ = ["CutParts", "SingleOutput", "cut_candidates", "split_at", "split_stretch"]
 
 _LAYER_OPS = frozenset({"placeholder", "call_module", "call_function", "call_method"})
 _TIERS = ("lower", "upper")
@@ -106,6 +106,64 @@ def split_at(model: nn.Module, example: torch.Tensor, cut: str) -> CutParts:
     with torch.no_grad():
         activation = lower_module(example)
     return CutParts(cut, lower_module, upper_module, tuple(activation.shape))
+
+
+def split_stretch(
+    model: nn.Module, example: torch.Tensor, start: str | None, end: str
+) -> SingleOutput:
+    """The part of ``model`` after node ``start`` up to and including node ``end``.
+
+    ``start=None`` begins at the model's input; ``end`` may be the model's output node.
+    Both ends must be single-tensor cuts (:func:`cut_candidates`, or the output), so the
+    stretch takes one tensor and returns one, like the segment a tier would run between
+    those cuts.
+
+    Raises
+    ------
+    CompressionError
+        If a node is unknown, ``end`` does not follow ``start``, or more than one tensor
+        would enter or leave the stretch.
+
+    Examples
+    --------
+    >>> from tierflow.models import resolve_model
+    >>> net, (x,) = resolve_model("zoo:lenet")
+    >>> head = split_stretch(net, x, None, "pool1")
+    >>> tail = split_stretch(net, x, "pool1", "fc3")
+    >>> torch.allclose(tail(head(x)), net(x))
+    True
+    """
+    traced = trace(model, (example,), tracer="fx")
+    nodes = [n for n in traced.module.graph.nodes if n.op in _LAYER_OPS]
+    by_name = {n.name: n for n in nodes}
+    for name in (start, end):
+        if name is not None and name not in by_name:
+            raise CompressionError(
+                f"node {name!r} is not a node of {type(model).__name__}; "
+                f"nodes: {', '.join(n.name for n in nodes)}"
+            )
+    below = set() if start is None else _ancestors(by_name[start])
+    inside = _ancestors(by_name[end]) - below
+    if not inside or end in below:
+        raise CompressionError(f"stretch {start!r} -> {end!r}: {end!r} does not follow {start!r}")
+    tiers = ("lower", "mid", "upper")
+    assignment = {
+        n.name: "lower" if n.name in below else "mid" if n.name in inside else "upper"
+        for n in nodes
+    }
+    split = split_traced(traced, assignment, tiers)
+    (segment,) = [s for s in split.segments if s.tier == "mid"]
+    expected_inputs = 1 if start is None else (start,)
+    if (
+        len(segment.input_names) != 1
+        or (start is not None and segment.input_names != expected_inputs)
+        or segment.output_names != (end,)
+    ):
+        raise CompressionError(
+            f"stretch {start!r} -> {end!r} is not single-tensor: it takes "
+            f"{segment.input_names} and returns {segment.output_names}"
+        )
+    return SingleOutput(segment)
 
 
 def cut_candidates(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -38,7 +38,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from tierflow.errors import CompressionError
 
-__all__ = ["QuantMode", "quantize_onnx"]
+__all__ = ["QuantMode", "quantizable", "quantize_onnx"]
 
 QuantMode = Literal["static", "dynamic", "fp16"]
 
@@ -56,6 +56,16 @@ _DYNAMIC_OPS = ["MatMul", "LSTM", "Attention", "Gather"]
 _CALIBRATION_BATCH = 32
 
 Calibration = NDArray[np.float32] | Mapping[str, NDArray[Any]]
+
+
+def quantizable(path: str | Path, mode: QuantMode) -> bool:
+    """Whether ``mode`` changes the ONNX model at ``path`` (fp16 always does; int8 modes
+    only act on the ops they quantise, e.g. dynamic int8 leaves a Conv-only graph alone).
+    """
+    if mode == "fp16":
+        return True
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    return bool(ops & _WEIGHT_OPS.get(mode, set()))
 
 
 def quantize_onnx(

@@ -19,6 +19,13 @@ def _point(result: ConfigResult) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in result.sweep.items())
 
 
+def _tiers(result: ConfigResult) -> str:
+    """Tiers in use, each with its compressed variant when it runs one."""
+    return "+".join(
+        f"{t} ({result.variants[t]})" if t in result.variants else t for t in result.tiers_used
+    )
+
+
 def markdown_report(model: str, topology: str, results: Sequence[ConfigResult]) -> str:
     lines = [
         f"# tierflow bench: {model} on {topology}",
@@ -26,39 +33,45 @@ def markdown_report(model: str, topology: str, results: Sequence[ConfigResult]) 
         "Measured on the local testbed (tier processes under CPU quotas, emulated links).",
         "",
         "| point | config | tiers | p50 ms | p95 ms | throughput rps | bytes/request per link "
-        "| predicted ms | measured / predicted |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|",
+        "| predicted ms | measured / predicted | accuracy |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         links = ", ".join(f"{k}: {v / 1e3:.1f} kB" for k, v in r.bytes_per_link.items())
         same = f" (= {r.same_deployment_as})" if r.same_deployment_as else ""
+        accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}%"
         lines.append(
-            f"| {_point(r)} | {r.name}{same} | {'+'.join(r.tiers_used)} | {r.p50_ms:.1f} | "
+            f"| {_point(r)} | {r.name}{same} | {_tiers(r)} | {r.p50_ms:.1f} | "
             f"{r.p95_ms:.1f} | {r.throughput_rps:.1f} | {links} | {r.predicted_ms:.1f} | "
-            f"{r.measured_over_predicted:.2f} |"
+            f"{r.measured_over_predicted:.2f} | {accuracy} |"
         )
     lines += ["", speedup_summary(results), ""]
     return "\n".join(lines)
 
 
-PLANS = ("plan", "plan+codecs")
+COMPRESSED_PLANS = ("plan+codecs", "plan+compressed")
+PLANS = ("plan", *COMPRESSED_PLANS)
 
 
 def speedup_summary(results: Sequence[ConfigResult]) -> str:
     """Measured speed-up of the plan over the best baseline at each point, and of the
-    plan with codecs over the plan without, when it was measured."""
+    compressed plan over the uncompressed one, when it was measured."""
     parts, compressed = [], []
     for point in dict.fromkeys(_point(r) for r in results):
         here = [r for r in results if _point(r) == point]
         plan = next(r for r in here if r.name == "plan")
         best = min((r for r in here if r.name not in PLANS), key=lambda r: r.p50_ms)
         parts.append(f"{point}: {best.p50_ms / plan.p50_ms:.2f}× vs {best.name}")
-        with_codecs = next((r for r in here if r.name == "plan+codecs"), None)
-        if with_codecs is not None:
-            compressed.append(f"{point}: {plan.p50_ms / with_codecs.p50_ms:.2f}×")
+        smaller = next((r for r in here if r.name in COMPRESSED_PLANS), None)
+        if smaller is not None:
+            compressed.append(f"{point}: {plan.p50_ms / smaller.p50_ms:.2f}×")
+            if smaller.accuracy is not None and plan.accuracy is not None:
+                compressed[-1] += (
+                    f" (accuracy {100 * plan.accuracy:.1f}% → {100 * smaller.accuracy:.1f}%)"
+                )
     summary = "Plan speed-up over the best baseline (measured p50): " + "; ".join(parts)
     if compressed:
-        summary += "\nPlan with codecs against the plan without (measured p50): " + "; ".join(
+        summary += "\nCompressed plan against the uncompressed plan (measured p50): " + "; ".join(
             compressed
         )
     return summary

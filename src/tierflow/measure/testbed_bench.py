@@ -26,10 +26,11 @@ from tierflow.artifacts import build
 from tierflow.errors import InfeasiblePlanError
 from tierflow.graph.layer_graph import LayerGraph
 from tierflow.plan.codec_options import CodecOptions
-from tierflow.plan.codec_planner import plan_with_codecs
 from tierflow.plan.plan import Plan
 from tierflow.plan.planner import plan as make_plan
 from tierflow.plan.sweep import SweepSpec
+from tierflow.plan.variant_options import VariantOptions
+from tierflow.plan.variant_planner import plan_compressed
 from tierflow.profile.profile import Profile
 from tierflow.runtime.client import connect
 from tierflow.testbed.bed import Testbed
@@ -55,6 +56,8 @@ class ConfigResult:
     requests: int
     same_deployment_as: str | None = None
     tiers_used: tuple[str, ...] = field(default=())
+    accuracy: float | None = None  # on the bench's labelled samples, through the testbed
+    variants: Mapping[str, str] = field(default_factory=dict)  # the plan's tier_variants
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,29 +90,50 @@ def points_of(
 
 
 @dataclass(frozen=True)
-class CodecChoice:
-    """Measured codec options the ``plan+codecs`` configuration may use, and its budget."""
+class CompressionChoice:
+    """Measured options the compressed configuration may use, and its accuracy budget.
 
-    options: CodecOptions
+    With codecs only, the configuration is ``plan+codecs``; with variants (and codecs, if
+    given) it is ``plan+compressed``. ``calibration`` (model inputs) builds int8-static
+    tiers.
+    """
+
     max_accuracy_drop_pp: float
+    codecs: CodecOptions | None = None
+    variants: VariantOptions | None = None
+    calibration: torch.Tensor | None = None
+
+    @property
+    def name(self) -> str:
+        return "plan+codecs" if self.variants is None else "plan+compressed"
+
+
+@dataclass(frozen=True)
+class LabelledSamples:
+    """Inputs and labels sent through every deployment to measure its accuracy."""
+
+    x: np.ndarray
+    y: np.ndarray
+    batch: int = 50
 
 
 def configurations(
     graph: LayerGraph,
     topology: Topology,
     profiles: Mapping[str, Profile],
-    codecs: CodecChoice | None = None,
+    compression: CompressionChoice | None = None,
 ) -> dict[str, Plan]:
-    """The plan, the plan with codecs when given, and every all-on-one-tier baseline, each
-    planned under the same costs."""
+    """The plan, the compressed plan when options are given, and every all-on-one-tier
+    baseline, each planned under the same costs."""
     configs = {"plan": make_plan(graph, topology, tier_profiles=profiles)}
-    if codecs is not None:
-        configs["plan+codecs"] = plan_with_codecs(
+    if compression is not None:
+        configs[compression.name] = plan_compressed(
             graph,
             topology,
-            codecs.options,
+            variants=compression.variants,
+            codecs=compression.codecs,
             tier_profiles=profiles,
-            max_accuracy_drop_pp=codecs.max_accuracy_drop_pp,
+            max_accuracy_drop_pp=compression.max_accuracy_drop_pp,
         )
     movable = [n.name for n in graph.nodes if n.op != "placeholder"]
     for tier in topology.tier_names:
@@ -122,10 +146,11 @@ def configurations(
 
 
 def deployment_key(plan: Plan) -> str:
-    """Equal for plans that deploy the same segments, exits and link codecs."""
+    """Equal for plans that deploy the same segments, exits, link codecs and variants."""
     codecs = sorted((tier, sorted(values.items())) for tier, values in plan.link_codecs.items())
     exits = sorted((e.name, e.node, e.tier, e.policy, e.threshold) for e in plan.exits)
-    identity = json.dumps([sorted(plan.assignment.items()), codecs, exits])
+    variants = sorted(plan.tier_variants.items())
+    identity = json.dumps([sorted(plan.assignment.items()), codecs, exits, variants])
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
@@ -151,13 +176,16 @@ def run_bench(
     work_dir: Path | None = None,
     emulate: bool = True,
     progress: Progress | None = None,
-    codecs: CodecChoice | None = None,
+    compression: CompressionChoice | None = None,
+    labelled: LabelledSamples | None = None,
 ) -> list[ConfigResult]:
-    """Measure the plan (with codecs too, when given) and baselines at every sweep point."""
+    """Measure the plan (compressed too, when options are given) and baselines at every
+    sweep point; with ``labelled`` samples, each deployment's accuracy as well."""
     say = progress or (lambda _: None)
     points = points_of(raw_topology, sweep)
     planned = [
-        (values, topo, configurations(graph, topo, profiles, codecs)) for values, topo in points
+        (values, topo, configurations(graph, topo, profiles, compression))
+        for values, topo in points
     ]
     deployments: dict[str, Plan] = {}
     for _, _, configs in planned:
@@ -165,12 +193,23 @@ def run_bench(
             deployments.setdefault(deployment_key(config), config)
     request = np.asarray(inputs[0].detach().numpy())
     measured: dict[tuple[str, int], tuple[float, float, float, dict[str, float]]] = {}
+    accuracy: dict[str, float] = {}
+    calibration = None if compression is None else compression.calibration
     with tempfile.TemporaryDirectory(dir=work_dir) as folder:
         for key, deployment in deployments.items():
             out = Path(folder) / key
             say(f"building {len(deployment.segments())} segment(s) for deployment {key[:8]}")
-            build(model, deployment, inputs, out)
+            build(
+                model,
+                deployment,
+                inputs,
+                out,
+                calibration=None if calibration is None else (calibration,),
+            )
             with Testbed(points[0][1], out / "manifest.json", emulate=emulate) as bed:
+                if labelled is not None:
+                    say(f"measuring the accuracy of deployment {key[:8]}")
+                    accuracy[key] = _accuracy(bed, labelled)
                 for index, (_, topo, configs) in enumerate(planned):
                     if not any(deployment_key(c) == key for c in configs.values()):
                         continue
@@ -203,10 +242,27 @@ def run_bench(
                     requests=settings.requests,
                     same_deployment_as=first_name.get(key),
                     tiers_used=tuple(config.segments()),
+                    accuracy=accuracy.get(key),
+                    variants=dict(config.tier_variants),
                 )
             )
             first_name.setdefault(key, name)
     return results
+
+
+def _accuracy(bed: Testbed, labelled: LabelledSamples) -> float:
+    """Top-1 accuracy of the deployment on the labelled samples, batch by batch.
+
+    Accuracy does not depend on the links, and batches cross them at the first point's
+    settings; the links are set per point only afterwards, for timing.
+    """
+    correct = 0
+    with connect(bed.entry, timeout_s=120.0) as client:
+        for start in range(0, len(labelled.x), labelled.batch):
+            logits = client.infer(labelled.x[start : start + labelled.batch]).output
+            predicted = np.argmax(logits, axis=1)
+            correct += int(np.sum(predicted == labelled.y[start : start + labelled.batch]))
+    return correct / len(labelled.x)
 
 
 def _measure(

@@ -3,7 +3,7 @@
 Pure data, no torch: a measuring step compresses candidate values of a model with codecs
 (:mod:`tierflow.compress.codecs`) and records, per (value, codec), how much it shrinks
 the bytes, what it costs to encode and decode on the host, and how much accuracy it
-costs on validation data. :func:`tierflow.plan.codec_planner.plan_with_codecs` weighs
+costs on validation data. :func:`tierflow.plan.variant_planner.plan_with_codecs` weighs
 them (docs/concepts.md, "Activation codecs in the cost model").
 """
 

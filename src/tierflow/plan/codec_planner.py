@@ -1,4 +1,4 @@
-"""Codec-aware planning: choose the placement and each crossing value's codec together.
+"""Codecs in the placement program: candidates as cost-model arrays, and the choice read back.
 
 Auto-Split (Banitalebi-Dehkordi et al., KDD 2021) chooses the split point and the
 bit-width of the activations that cross it jointly, because a value that compresses
@@ -7,29 +7,16 @@ codec) candidate of :class:`~tierflow.plan.codec_options.CodecOptions` becomes a
 choice per link in the placement program (:mod:`tierflow.plan.milp`), with one row
 bounding the summed accuracy drop, so the plan is optimal for the cost model
 (docs/concepts.md, "Activation codecs in the cost model").
+:func:`~tierflow.plan.variant_planner.plan_with_codecs` plans with them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from collections.abc import Mapping
-
 import numpy as np
 
-from tierflow.errors import InfeasiblePlanError, PlanError
-from tierflow.graph.layer_graph import LayerGraph
+from tierflow.errors import PlanError
 from tierflow.plan.codec_options import CodecOptions
-from tierflow.plan.cost_model import Constraints, CostModel, FloatArray, IntArray, _replace
-from tierflow.plan.evaluate import codec_drop_pp, evaluate
-from tierflow.plan.explain import explain_infeasible
-from tierflow.plan.milp import solve
-from tierflow.plan.objective import Objective
-from tierflow.plan.plan import Plan
-from tierflow.plan.planner import cost_model_for, package_plan
-from tierflow.plan.tier_speeds import tier_speeds
-from tierflow.profile.profile import Profile
-from tierflow.topology.schema import Topology
+from tierflow.plan.cost_model import CostModel, FloatArray, IntArray, _replace
 
 
 def codec_cost_model(
@@ -84,83 +71,3 @@ def link_codecs(cost: CostModel, codecs: IntArray | None) -> dict[str, dict[str,
         tier = cost.tier_names[int(link)]
         result.setdefault(tier, {})[cost.node_names[int(node)]] = cost.codec_specs[k]
     return result
-
-
-def plan_with_codecs(
-    graph: LayerGraph,
-    topology: Topology,
-    options: CodecOptions,
-    *,
-    max_accuracy_drop_pp: float = 1.0,
-    profile: Profile | None = None,
-    tier_profiles: Mapping[str, Profile] | None = None,
-    objective: str | Objective = "latency",
-    pins: Mapping[str, str] | None = None,
-    private_input: bool = False,
-    slo_ms: float | None = None,
-    service_ms: Mapping[str, float] | None = None,
-    time_limit_s: float | None = None,
-) -> Plan:
-    """Choose the placement and, per crossing value and link, raw bytes or one codec.
-
-    Parameters
-    ----------
-    options:
-        Measured (value, codec) candidates (``codecs.json``). Raw bytes are always allowed.
-    max_accuracy_drop_pp:
-        Bound on the summed accuracy drop of the chosen codecs, in percentage points; a
-        value compressed on two links counts twice (docs/concepts.md).
-
-    The other parameters are those of :func:`tierflow.plan.plan`.
-
-    Returns
-    -------
-    Plan
-        ``predicted`` includes the codecs' bytes and encode/decode times; ``link_codecs``
-        the choice per sending tier; ``codec_accuracy_drop_pp`` its summed drop. The
-        baselines stay raw. With no usable candidate the plan is :func:`~tierflow.plan.plan`'s.
-
-    Raises
-    ------
-    InfeasiblePlanError
-        When no placement satisfies the constraints.
-
-    Examples
-    --------
-    >>> options = CodecOptions.load("runs/lenet/codecs.json")  # doctest: +SKIP
-    >>> plan = plan_with_codecs(graph, topology, options, max_accuracy_drop_pp=0.5)
-    >>> plan.link_codecs
-    {'device': {'pool2': 'int8+zstd'}}
-    """
-    if not max_accuracy_drop_pp >= 0:
-        raise PlanError(f"max_accuracy_drop_pp must be >= 0, got {max_accuracy_drop_pp}")
-    goal = Objective.parse(objective)
-    constraints = Constraints(pins=pins, private_input=private_input, slo_ms=slo_ms)
-    base = cost_model_for(
-        graph,
-        topology,
-        profile=profile,
-        tier_profiles=tier_profiles,
-        constraints=constraints,
-        service_ms=service_ms,
-    )
-    speeds = tier_speeds(graph, topology, base, profile)
-    cost = codec_cost_model(
-        base, options, speeds, max_accuracy_drop_pp=max_accuracy_drop_pp, model=graph.model
-    )
-    started = time.perf_counter()
-    try:
-        solution = solve(cost, goal, time_limit_s=time_limit_s)
-    except InfeasiblePlanError as exc:
-        raise InfeasiblePlanError(f"{graph.model}: {explain_infeasible(base, goal)}") from exc
-    solve_ms = (time.perf_counter() - started) * 1000
-    result = package_plan(cost, graph, goal, solution, constraints=constraints, solve_ms=solve_ms)
-    if not cost.n_codecs:
-        return result
-    return dataclasses.replace(
-        result,
-        predicted=evaluate(cost, solution.tiers, solution.codecs),
-        link_codecs=link_codecs(cost, solution.codecs),
-        codec_accuracy_drop_pp=codec_drop_pp(cost, solution.codecs),
-        solver={**result.solver, "codec_candidates": cost.n_codecs},
-    )

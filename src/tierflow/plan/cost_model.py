@@ -98,6 +98,9 @@ class CostModel:
     codec_decode_ms: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))  # [K, T]
     codec_drop_pp: FloatArray = field(default_factory=lambda: np.zeros(0))  # [K] accuracy cost
     max_codec_drop_pp: float | None = None  # budget on the summed drop of the chosen codecs
+    # Compressed variants (docs/concepts.md, "Compressed variants in the cost model"): a
+    # tier running int8 segments holds fewer parameter bytes. None: every tier holds fp32.
+    param_scale: FloatArray | None = None  # [N, T] multiplier of param_bytes per tier
 
     @property
     def n_nodes(self) -> int:
@@ -120,6 +123,12 @@ class CostModel:
     def n_codecs(self) -> int:
         """Number of (value, codec) candidates the planner may choose from."""
         return len(self.codec_specs)
+
+    def tier_param_bytes(self, tier: int) -> FloatArray:
+        """``param_bytes`` as held on ``tier`` (scaled by the tier's compressed variant)."""
+        if self.param_scale is None:
+            return self.param_bytes
+        return self.param_bytes * self.param_scale[:, tier]
 
     @property
     def node_reach(self) -> FloatArray:

@@ -268,7 +268,7 @@ def _violations(cost: CostModel, tiers: IntArray, latency_ms: float) -> list[str
         on_tier = tiers == tier
         if not on_tier.any():
             continue
-        need = cost.param_bytes[on_tier].sum() + cost.work_bytes[on_tier].max()
+        need = cost.tier_param_bytes(tier)[on_tier].sum() + cost.work_bytes[on_tier].max()
         if need > limit:
             problems.append(
                 f"memory: tier {cost.tier_names[tier]} needs {need / 2**20:.1f} MiB "

@@ -378,7 +378,7 @@ class _Program:
         cost = self.cost
         mib = float(2**20)  # rows in MiB keep the coefficients well scaled
         for k, tier in enumerate(int(t) for t in self.limited):
-            params, params_const = self.placed_on(tier, cost.param_bytes / mib)
+            params, params_const = self.placed_on(tier, cost.tier_param_bytes(tier) / mib)
             params[self.peak0 + k] = 1.0
             self.add_form(params, -np.inf, cost.memory_bytes[tier] / mib - params_const)
             self.add_work_rows(tier, self.peak0 + k, cost.work_bytes / mib)

@@ -79,6 +79,13 @@ class Plan:
     codec_accuracy_drop_pp:
         With codecs planned: the predicted accuracy drop of the chosen codecs, in
         percentage points (summed, docs/concepts.md); else ``None``.
+    tier_variants:
+        ``{tier: variant}`` for each tier that runs its segments compressed (e.g.
+        ``"int8-static"``, built by :func:`tierflow.build`); tiers not listed run fp32.
+    compression_drop_pp:
+        With variants planned (:func:`~tierflow.plan.variant_planner.plan_compressed`): the
+        predicted accuracy drop of the chosen variants and codecs together, in
+        percentage points; else ``None``.
     """
 
     model: str
@@ -97,6 +104,8 @@ class Plan:
     accuracy: float | None = None
     link_codecs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     codec_accuracy_drop_pp: float | None = None
+    tier_variants: Mapping[str, str] = field(default_factory=dict)
+    compression_drop_pp: float | None = None
 
     def __post_init__(self) -> None:
         if not self.tiers:
@@ -119,6 +128,9 @@ class Plan:
         for tier in self.link_codecs:
             if tier not in self.tiers[:-1]:
                 raise PlanError(f"plan link_codecs.{tier}: not a tier with a link upward")
+        for tier in self.tier_variants:
+            if tier not in self.tiers:
+                raise PlanError(f"plan tier_variants.{tier}: unknown tier")
 
     def segments(self) -> dict[str, list[str]]:
         """Nodes per tier, in tier order (tiers without nodes are omitted)."""
@@ -156,6 +168,10 @@ class Plan:
             document["link_codecs"] = {t: dict(c) for t, c in self.link_codecs.items()}
         if self.codec_accuracy_drop_pp is not None:
             document["codec_accuracy_drop_pp"] = self.codec_accuracy_drop_pp
+        if self.tier_variants:
+            document["tier_variants"] = dict(self.tier_variants)
+        if self.compression_drop_pp is not None:
+            document["compression_drop_pp"] = self.compression_drop_pp
         return document
 
     def to_json(self) -> str:
@@ -209,6 +225,14 @@ class Plan:
                     if data.get("codec_accuracy_drop_pp") is None
                     else float(data["codec_accuracy_drop_pp"])
                 ),
+                tier_variants={
+                    str(tier): str(name) for tier, name in data.get("tier_variants", {}).items()
+                },
+                compression_drop_pp=(
+                    None
+                    if data.get("compression_drop_pp") is None
+                    else float(data["compression_drop_pp"])
+                ),
             )
         except KeyError as exc:
             raise PlanError(f"{source}: missing field {exc.args[0]!r}") from None
@@ -247,6 +271,10 @@ class Plan:
             lines.append(f"  codecs from {tier}: {shown}")
         if self.codec_accuracy_drop_pp is not None:
             lines.append(f"  codec accuracy drop {self.codec_accuracy_drop_pp:.2f} pp")
+        for tier, name in self.tier_variants.items():
+            lines.append(f"  {tier:<14} runs {name}")
+        if self.compression_drop_pp is not None:
+            lines.append(f"  accuracy drop  {self.compression_drop_pp:.2f} pp (variants + codecs)")
         if self.worst_case is None:
             lines.append(_row("plan", self.predicted))
         else:  # with exits, costs are expectations over inputs
