@@ -15,16 +15,27 @@ import numpy as np
 import pytest
 
 from tierflow.cli.commands_hop import target_lines
-from tierflow.measure.hop_bench import HopTiming, RawClient, run_hop_bench, server_process
+from tierflow.measure.hop_bench import (
+    GrpcEchoClient,
+    HopTiming,
+    RawClient,
+    hop_report,
+    run_hop_bench,
+    server_process,
+)
 from tierflow.runtime.client import connect
 
 
 @pytest.fixture(scope="module")
-def identity_server() -> Iterator[tuple[str, int, str]]:
-    """(identity tier address, raw echo port, address of a relay tier in front of it)."""
-    with server_process(None) as (address, echo_port), server_process(address) as (relay, _):
-        assert echo_port is not None
-        yield address, echo_port, relay
+def identity_server() -> Iterator[tuple[str, int, str, str]]:
+    """(identity tier address, raw echo port, relay tier address in front, gRPC echo address)."""
+    with (
+        server_process(None) as (address, echo_port, grpc_echo),
+        server_process(address) as (relay, no_port, no_echo),
+    ):
+        assert echo_port is not None and grpc_echo is not None
+        assert no_port is None and no_echo is None  # the echoes run beside the identity tier
+        yield address, echo_port, relay, grpc_echo
 
 
 def test_the_raw_tcp_echo_returns_the_bytes_it_was_sent(identity_server):
@@ -34,6 +45,16 @@ def test_the_raw_tcp_echo_returns_the_bytes_it_was_sent(identity_server):
         y = raw.round_trip(x)
     finally:
         raw.close()
+    np.testing.assert_array_equal(y, x)
+
+
+def test_the_grpc_echo_returns_the_bytes_it_was_sent(identity_server):
+    x = np.random.default_rng(4).standard_normal(25_000, dtype=np.float32)
+    echo = GrpcEchoClient(identity_server[3])
+    try:
+        y = echo.round_trip(x)
+    finally:
+        echo.close()
     np.testing.assert_array_equal(y, x)
 
 
@@ -72,6 +93,21 @@ def test_bench_hop_runs_end_to_end_and_reports_positive_times(tmp_path: Path):
     assert size["throughput_ratio"] == pytest.approx(
         size["raw_p50_ms"] / size["tier_p50_ms"], rel=1e-2
     )
+    # The gRPC echo ceiling is timed by default; the client allocator setting is recorded.
+    assert size["echo_p50_ms"] > 0 and size["echo_p95_ms"] > 0
+    assert size["echo_ratio"] == pytest.approx(size["raw_p50_ms"] / size["echo_p50_ms"], rel=1e-2)
+    assert isinstance(report["client_allocator_tuned"], bool)
+
+
+def test_the_report_leaves_out_what_was_not_measured():
+    timing = HopTiming(4_000, 3, 0.1, 0.2, 0.5, 0.6)
+    (size,) = hop_report([timing])["sizes"]
+    assert "client_allocator_tuned" not in hop_report([timing])
+    assert not {"relay_p50_ms", "echo_p50_ms", "echo_ratio"} & set(size)
+    assert timing.echo_ratio is None
+    echoed = HopTiming(4_000, 3, 0.1, 0.2, 0.5, 0.6, echo_p50_ms=0.4, echo_p95_ms=0.5)
+    assert echoed.echo_ratio == pytest.approx(0.25)
+    assert hop_report([echoed], client_allocator_tuned=False)["client_allocator_tuned"] is False
 
 
 def test_sizes_that_are_not_whole_float32_tensors_are_refused():

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.measure.hop_bench import DEFAULT_SIZES_BYTES, HopTiming, hop_report, run_hop_bench
+from tierflow.runtime import allocator
 
 # The targets (docs/benchmarks.md, "Per-hop overhead").
 MAX_ADDED_MS = 1.0  # for tensors up to TARGET_SMALL_BYTES
@@ -28,10 +29,12 @@ def _size(size_bytes: int) -> str:
 
 def hop_table(timings: list[HopTiming]) -> Table:
     relay = any(t.relay_p50_ms is not None for t in timings)
+    echo = any(t.echo_p50_ms is not None for t in timings)
     table = Table(title="one hop on loopback: raw TCP vs tier call (round trip, tensor both ways)")
     columns = ["tensor", "rounds", "raw p50 ms", "raw p95 ms", "tier p50 ms", "tier p95 ms"]
     columns += ["added ms", "raw MB/s", "tier MB/s", "tier/raw"]
     columns += ["relay p50 ms", "relay hop ms"] if relay else []
+    columns += ["gRPC echo p50 ms", "echo/raw"] if echo else []
     for column in columns:
         table.add_column(column, justify="right")
     for t in timings:
@@ -42,6 +45,8 @@ def hop_table(timings: list[HopTiming]) -> Table:
         ]  # fmt: skip
         if relay:
             row += [f"{t.relay_p50_ms or 0.0:.3f}", f"{t.relay_added_ms or 0.0:.3f}"]
+        if echo:
+            row += [f"{t.echo_p50_ms or 0.0:.3f}", f"{t.echo_ratio or 0.0:.2f}"]
         table.add_row(*row)
     return table
 
@@ -77,6 +82,16 @@ def bench_hop(
     seconds: Annotated[float, typer.Option(help="Time budget per size")] = 8.0,
     warmup: Annotated[int, typer.Option(min=1, help="Untimed rounds per size")] = 5,
     relay: Annotated[bool, typer.Option(help="Also time a call through a relay tier")] = True,
+    grpc_echo: Annotated[
+        bool, typer.Option(help="Also time a bytes-only gRPC echo (the ceiling for a gRPC hop)")
+    ] = True,
+    tune_allocator: Annotated[
+        bool,
+        typer.Option(
+            help="Keep large buffers mapped in this (client) process, as the servers do;"
+            " applies to the raw TCP and tier clients alike"
+        ),
+    ] = True,
     out: Annotated[Path, typer.Option(help="Directory for hop.json")] = Path("reports/bench"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON")] = False,
 ) -> None:
@@ -85,6 +100,10 @@ def bench_hop(
         sizes_bytes = [int(size) for size in sizes.split(",")]
     except ValueError:
         raise typer.BadParameter(f"--sizes must be integers, got {sizes!r}") from None
+    # Process-wide, and this process exists only to run the bench: every client in it (raw
+    # TCP included) gets the same allocator, so the comparison stays fair (Note [Fair hop
+    # baseline] in tierflow.measure.hop_bench).
+    tuned = allocator.tune_allocator() if tune_allocator else False
     try:
         timings = run_hop_bench(
             sizes_bytes,
@@ -93,11 +112,12 @@ def bench_hop(
             budget_s=seconds,
             warmup=warmup,
             relay=relay,
+            grpc_echo=grpc_echo,
             progress=None if json_out else err_console.print,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    report = hop_report(timings)
+    report = hop_report(timings, client_allocator_tuned=tuned)
     out.mkdir(parents=True, exist_ok=True)
     (out / "hop.json").write_text(json.dumps(report, indent=2) + "\n")
     if json_out:
