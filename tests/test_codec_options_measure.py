@@ -163,3 +163,18 @@ def test_compress_writes_codec_options_the_planner_reads(tmp_path: Path) -> None
     options = CodecOptions.load(path)
     assert {c.codec for c in options.candidates} == {"int8+zstd", "fp16"}
     assert {c.node for c in options.candidates} >= {"x", "pool1", "pool2"}
+
+
+def test_a_request_carries_as_many_samples_as_the_example(
+    trained: tuple[nn.Module, torch.Tensor], splits: DatasetSplits
+) -> None:
+    net, _ = trained
+    ratios = {}
+    for batch in (1, 8):
+        example = torch.zeros(batch, 1, 28, 28)
+        options = codec_options_for(
+            net, example, splits, nodes=["pool2"], codecs=["int8+zstd"], limit=64
+        )
+        ratios[batch] = options.candidates[0].ratio
+    # One header (and one zstd frame) per request: shared by 8 samples it weighs less.
+    assert ratios[8] < ratios[1]

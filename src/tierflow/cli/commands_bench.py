@@ -4,39 +4,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import torch
 import typer
 from rich.table import Table
 
-from tierflow.cli.app import app, console, err_console, reports_errors
+from tierflow.cli.app import app, console, reports_errors
 from tierflow.cli.commands_plan import planner_for, read_raw_topology
+from tierflow.cli.demo_compress import compress_demo
 from tierflow.cli.demo_exits import exit_demo
-from tierflow.cli.exit_bench import RUN_PREFIX, exit_table, is_exit_run, run_exit_testbed_bench
-from tierflow.cli.loading import load_model, measure_host_profile, measured_tier_profiles
+from tierflow.cli.exit_bench import exit_table, is_exit_run, run_exit_testbed_bench
+from tierflow.cli.loading import load_model, measure_host_profile
+from tierflow.cli.model_bench import (
+    DEFAULT_ACCURACY_SAMPLES,
+    bench_table,
+    compression_inputs,
+    run_testbed_bench,
+)
 from tierflow.cli.render import plan_tables
-from tierflow.data import load_dataset
-from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES
 from tierflow.errors import TopologyError
-from tierflow.measure.bench_report import markdown_report, plot_measured, speedup_summary
+from tierflow.measure.bench_report import speedup_summary
 from tierflow.measure.exit_report import cpu_summary, exit_summary
 from tierflow.measure.planner_bench import time_planner, timings_to_dicts
 from tierflow.measure.plots import plot_sweep
 from tierflow.measure.testbed_bench import (
     BenchSettings,
-    CompressionChoice,
-    ConfigResult,
-    LabelledSamples,
     results_to_json,
-    run_bench,
 )
 from tierflow.plan import Plan
-from tierflow.plan.codec_options import CodecOptions
 from tierflow.plan.sweep import SweepPoint, SweepSpec, sweep
-from tierflow.plan.variant_options import VariantOptions
 from tierflow.topology import topology_from_dict
-from tierflow.train.run_dir import RunConfig
 
 DEFAULT_MODEL = "torchvision:resnet18"
 DEFAULT_TOPOLOGY = Path("examples/topologies/camera-gateway-cloud.yaml")
@@ -100,67 +97,6 @@ def bench_plan(
     report = {"planner": timings_to_dicts(timings), "profile_ratio": ratios}
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     console.print(f"written to {out / 'bench.json'}")
-
-
-def run_testbed_bench(
-    model: str,
-    topology: Path,
-    *,
-    overrides: list[str],
-    sweep_spec: str | None,
-    settings: BenchSettings,
-    out: Path,
-    emulate: bool,
-    profile_runs: int,
-    input_shape: str | None,
-    quiet: bool,
-    compression: CompressionChoice | None = None,
-    labelled: LabelledSamples | None = None,
-) -> list[ConfigResult]:
-    """Profile each tier in its budget, plan, deploy, measure; write report.md/.json/.png."""
-    say = err_console.print if quiet else console.print
-    raw = read_raw_topology(topology, overrides)
-    the_topology = topology_from_dict(raw, source=str(topology))
-    loaded = load_model(model, input_shape=input_shape)
-    profiles = measured_tier_profiles(
-        model, the_topology, runs=profile_runs, say=say, input_shape=input_shape
-    )
-    results = run_bench(
-        loaded.module,
-        loaded.inputs,
-        loaded.graph,
-        raw,
-        profiles,
-        sweep=SweepSpec.parse(sweep_spec) if sweep_spec else None,
-        settings=settings,
-        emulate=emulate,
-        progress=say,
-        compression=compression,
-        labelled=labelled,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results_to_json(results), indent=2) + "\n")
-    (out / "report.md").write_text(markdown_report(model, str(topology), results))
-    plot_measured(results, out / "latency.png", title=f"{model} on {topology.stem}")
-    return results
-
-
-def bench_table(results: list[ConfigResult]) -> Table:
-    table = Table(title="measured on the testbed (p50 over sequential requests)")
-    for column in ("point", "config", "tiers", "p50 ms", "p95 ms", "rps", "kB/request up+down",
-                   "predicted ms", "measured/predicted"):  # fmt: skip
-        table.add_column(
-            column, justify="left" if column in {"point", "config", "tiers"} else "right"
-        )
-    for r in results:
-        point = ", ".join(f"{v:g}" for v in (r.sweep or {}).values()) or "-"
-        same = f" (= {r.same_deployment_as})" if r.same_deployment_as else ""
-        table.add_row(
-            point, r.name + same, "+".join(r.tiers_used), f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
-            f"{r.throughput_rps:.1f}", f"{sum(r.bytes_per_link.values()) / 1e3:.1f}",
-            f"{r.predicted_ms:.1f}", f"{r.measured_over_predicted:.2f}",
-        )  # fmt: skip
-    return table
 
 
 @app.command()
@@ -270,49 +206,6 @@ def bench(
     console.print(f"report: {out / 'report.md'}")
 
 
-DEFAULT_ACCURACY_SAMPLES = 200
-
-
-def compression_inputs(
-    model: str,
-    *,
-    codecs: Path | None,
-    variants: Path | None,
-    data: str | None,
-    samples: int | None,
-    max_accuracy_drop_pp: float,
-) -> dict[str, Any]:
-    """The model bench's ``compression`` and ``labelled`` arguments from CLI options.
-
-    Labelled data comes from ``data``, else from a ``run:DIR``'s own dataset; variants
-    need it (calibration of int8 tiers), plain plans only use it for accuracy.
-    """
-    dataset = data
-    if dataset is None and model.startswith(RUN_PREFIX):
-        dataset = RunConfig.load(Path(model[len(RUN_PREFIX) :])).dataset
-    if variants is not None and dataset is None:
-        raise typer.BadParameter(
-            "--variants builds int8 tiers, which need calibration samples: give --data",
-            param_hint="--data",
-        )
-    labelled = None
-    calibration = None
-    if dataset is not None:
-        splits = load_dataset(dataset)
-        count = samples or DEFAULT_ACCURACY_SAMPLES
-        labelled = LabelledSamples(splits.test.x[:count], splits.test.y[:count])
-        calibration = torch.from_numpy(splits.train.x[:DEFAULT_CALIBRATION_SAMPLES].copy())
-    compression = None
-    if codecs is not None or variants is not None:
-        compression = CompressionChoice(
-            max_accuracy_drop_pp,
-            codecs=None if codecs is None else CodecOptions.load(codecs),
-            variants=None if variants is None else VariantOptions.load(variants),
-            calibration=calibration,
-        )
-    return {"compression": compression, "labelled": labelled}
-
-
 DEMO_BENCH_SWEEP = "links.0.bandwidth_mbps=5,25,100"
 # Few requests per configuration keep `make demo` under three minutes on two cores.
 DEMO_SETTINGS = BenchSettings(requests=10, min_requests=3, seconds_per_config=3.0, warmup=1)
@@ -384,9 +277,16 @@ def demo(
 
     console.rule("[bold]3. decide locally[/bold]: an early-exit model on MNIST-5k, on the testbed")
     exit_demo(topology, out / "exits", emulate=not no_emulate)
+
+    console.rule(
+        "[bold]4. fit thin links[/bold]: the compressed plan beside the uncompressed one, "
+        "camera uplink at 1 and 5 Mbps"
+    )
+    compress_demo(topology, out / "compressed", emulate=not no_emulate)
     console.print(
         f"written: {out / 'plan.json'}, {figure}, {out / 'report.md'}, {out / 'bench.json'}, "
-        f"{out / 'latency.png'}, {out / 'exits' / 'report.md'}, {out / 'exits' / 'bench.json'}"
+        f"{out / 'latency.png'}, {out / 'exits' / 'report.md'}, {out / 'exits' / 'bench.json'}, "
+        f"{out / 'compressed' / 'report.md'}, {out / 'compressed' / 'bench.json'}"
     )
 
 

@@ -2,7 +2,7 @@
 
 :func:`codec_options_for` turns a model, its validation data and a list of codecs into
 :class:`~tierflow.plan.codec_options.CodecOptions`: per (cut value, codec) the mean
-compression ratio, the host's encode and decode time for one sample, and the accuracy
+compression ratio, the host's encode and decode time for one request, and the accuracy
 the model loses when only that value is round-tripped through the codec. It is the
 measuring step before :func:`~tierflow.plan.variant_planner.plan_with_codecs`; the plan's
 ``link_codecs`` then go into the build manifest, so ``tierflow serve`` applies them.
@@ -19,10 +19,11 @@ Note [How codec candidates are measured]
       :mod:`~tierflow.compress.cut_measure` does: the accuracy of a round-tripped value
       depends on the codec, not on the engine (float32 kernels differ by ~1e-6), and
       PyTorch needs no export per node.
-    * Each sample is encoded on its own, as one request on the wire pays its own header:
-      ``ratio`` is the mean of (payload bytes / float32 bytes) over the samples, header
-      included, and ``encode_ms`` / ``decode_ms`` are medians of those per-sample calls
-      (the median shrugs off the scheduler hiccups of a shared host).
+    * Each request is encoded on its own, as one request on the wire pays its own header;
+      a request carries as many samples as ``example`` (its batch dimension): ``ratio``
+      is the mean of (payload bytes / float32 bytes) over the requests, header included,
+      and ``encode_ms`` / ``decode_ms`` are medians of those per-request calls (the
+      median shrugs off the scheduler hiccups of a shared host).
     * ``accuracy_drop_pp`` = 100 x (accuracy with raw values - accuracy with decoded
       values) on the same samples; a measured gain is recorded as 0, as
       :class:`~tierflow.plan.codec_options.CodecOptions` requires.
@@ -127,7 +128,7 @@ def codec_options_for(
             continue
         baseline = _accuracy(parts, activation, samples.y)
         for codec in specs:
-            measured = _measure(codec, activation)
+            measured = _measure(codec, activation, batch=max(1, int(example.shape[0])))
             drop_pp = 100.0 * (baseline - _accuracy(parts, measured.decoded, samples.y))
             candidates.append(
                 CodecCandidate(
@@ -202,15 +203,15 @@ def _accuracy(parts: CutParts, activation: NDArray[np.float32], y: NDArray[np.in
     return correct / len(y)
 
 
-def _measure(codec: Codec, activation: NDArray[np.float32]) -> _Measured:
-    """Encode and decode each sample on its own (one request each), timing every call."""
-    fp32_bytes = 4 * activation[0].size
+def _measure(codec: Codec, activation: NDArray[np.float32], *, batch: int) -> _Measured:
+    """Encode and decode each request of ``batch`` samples on its own, timing every call."""
     ratios: list[float] = []
     encode_s: list[float] = []
     decode_s: list[float] = []
     decoded: list[NDArray[np.float32]] = []
-    for index in range(len(activation)):
-        sample = activation[index : index + 1]
+    for index in range(0, len(activation), batch):
+        sample = activation[index : index + batch]
+        fp32_bytes = 4 * sample.size
         started = time.perf_counter()
         payload = codec.encode(sample)
         encoded = time.perf_counter()

@@ -12,10 +12,11 @@ Note [How variant options are measured]
       weight layer follows (:func:`stretch_ends`), so each stretch holds one or more
       weight layers with the activations and pooling after them, the unit ONNX Runtime
       fuses into one integer kernel. Each stretch is exported, quantised with the
-      calibration inputs it really receives, and timed one sample at a time on one
-      thread against its fp32 export, interleaved (Note [Interleaved timing] in
-      ``onnx_measure``). Every node of a stretch gets the stretch's ratio: a per-node
-      time means nothing inside a fused QDQ graph. ``size_ratio`` is the file-size ratio.
+      calibration inputs it really receives, and timed one request at a time (the
+      example input's batch) on one thread against its fp32 export, interleaved (Note
+      [Interleaved timing] in ``onnx_measure``). Every node of a stretch gets the
+      stretch's ratio: a per-node time means nothing inside a fused QDQ graph.
+      ``size_ratio`` is the file-size ratio.
     * Accuracy per variant: the *whole* model as that variant against fp32, both in ONNX
       Runtime, on the validation split (at most ``limit`` samples). The planner charges
       this drop to every tier that runs the variant, a bound: quantising fewer layers
@@ -104,7 +105,8 @@ def variant_options_for(
     Parameters
     ----------
     model, example:
-        The trained single-input classifier and one example input ``[1, ...]``.
+        The trained single-input classifier and one example input; its batch dimension
+        is the number of samples per request that stretches are timed on.
     data:
         Labelled splits: ``train`` calibrates int8 ranges, ``val`` gives the accuracy.
     model_spec:
@@ -186,7 +188,8 @@ def _measure(
                     mode=mode,
                     calibration=stretch_input if name == "int8-static" else None,
                 )
-        latency = interleaved_latency_ms(paths, stretch_input[:1], runs=runs)
+        # Timed on one request: as many samples as the example input holds.
+        latency = interleaved_latency_ms(paths, stretch_input[: len(example)], runs=runs)
         members = _members(model, example, start, end)
         for name in variants:
             if name not in paths:  # the variant leaves this stretch as it is

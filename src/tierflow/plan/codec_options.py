@@ -36,7 +36,8 @@ class CodecCandidate:
     ratio:
         Compressed bytes / the value's bytes (fp32), measured; below 1 shrinks.
     encode_ms, decode_ms:
-        Encode and decode time for one sample on the host; a tier's time is this divided
+        Encode and decode time for one request (as many samples as the model's example
+        input) on the host; a tier's time is this divided
         by its ``compute.speed``, as for exit heads.
     accuracy_drop_pp:
         Accuracy lost, in percentage points, when only this value is compressed with this
