@@ -172,3 +172,14 @@ def test_a_plan_with_an_int8_tier_is_its_own_deployment(lenet):
     assert compressed.compression_drop_pp == pytest.approx(0.2)
     assert compressed.predicted.latency_ms < configs["plan"].predicted.latency_ms
     assert deployment_key(compressed) != deployment_key(configs["plan"])
+
+
+def test_baselines_can_be_left_out(lenet):
+    from tierflow.measure.testbed_bench import configurations
+
+    _, _, graph = lenet
+    estimate = estimate_profile(graph)
+    profiles = {"phone": estimate, "cloud": estimate}
+    topology = topology_from_dict(TWO_TIERS)
+    assert set(configurations(graph, topology, profiles)) == {"plan", "all-phone", "all-cloud"}
+    assert set(configurations(graph, topology, profiles, baselines=False)) == {"plan"}

@@ -93,6 +93,7 @@ def run_testbed_bench(
     quiet: bool,
     compression: CompressionChoice | None = None,
     labelled: LabelledSamples | None = None,
+    baselines: bool = True,
 ) -> list[ConfigResult]:
     """Profile each tier in its budget, plan, deploy, measure; write report.md/.json/.png."""
     say = err_console.print if quiet else console.print
@@ -114,6 +115,7 @@ def run_testbed_bench(
         progress=say,
         compression=compression,
         labelled=labelled,
+        baselines=baselines,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results_to_json(results), indent=2) + "\n")

@@ -122,9 +122,11 @@ def configurations(
     topology: Topology,
     profiles: Mapping[str, Profile],
     compression: CompressionChoice | None = None,
+    *,
+    baselines: bool = True,
 ) -> dict[str, Plan]:
-    """The plan, the compressed plan when options are given, and every all-on-one-tier
-    baseline, each planned under the same costs."""
+    """The plan, the compressed plan when options are given, and (with ``baselines``)
+    every all-on-one-tier baseline, each planned under the same costs."""
     configs = {"plan": make_plan(graph, topology, tier_profiles=profiles)}
     if compression is not None:
         configs[compression.name] = plan_compressed(
@@ -136,7 +138,7 @@ def configurations(
             max_accuracy_drop_pp=compression.max_accuracy_drop_pp,
         )
     movable = [n.name for n in graph.nodes if n.op != "placeholder"]
-    for tier in topology.tier_names:
+    for tier in topology.tier_names if baselines else ():
         pins = dict.fromkeys(movable, tier)
         try:
             configs[f"all-{tier}"] = make_plan(graph, topology, tier_profiles=profiles, pins=pins)
@@ -178,13 +180,15 @@ def run_bench(
     progress: Progress | None = None,
     compression: CompressionChoice | None = None,
     labelled: LabelledSamples | None = None,
+    baselines: bool = True,
 ) -> list[ConfigResult]:
-    """Measure the plan (compressed too, when options are given) and baselines at every
-    sweep point; with ``labelled`` samples, each deployment's accuracy as well."""
+    """Measure the plan (compressed too, when options are given) and, with ``baselines``,
+    the all-on-one-tier baselines at every sweep point; with ``labelled`` samples, each
+    deployment's accuracy as well."""
     say = progress or (lambda _: None)
     points = points_of(raw_topology, sweep)
     planned = [
-        (values, topo, configurations(graph, topo, profiles, compression))
+        (values, topo, configurations(graph, topo, profiles, compression, baselines=baselines))
         for values, topo in points
     ]
     deployments: dict[str, Plan] = {}
