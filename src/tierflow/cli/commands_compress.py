@@ -16,6 +16,7 @@ from rich.table import Table
 from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.cli.commands_model import ModelArg
 from tierflow.compress.bottleneck import BottleneckSettings, train_bottleneck
+from tierflow.compress.bottleneck_run import save_bottleneck
 from tierflow.compress.codec_options_measure import DEFAULT_LIMIT, codec_options_for
 from tierflow.compress.cut import cut_candidates, split_at
 from tierflow.compress.cut_measure import (
@@ -208,6 +209,13 @@ def compress(
         int, typer.Option(min=0, help="Code channels of the learned bottleneck; 0: none")
     ] = 8,
     bottleneck_epochs: Annotated[int, typer.Option(min=1, help="Bottleneck epochs")] = 3,
+    bottleneck_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Save the trained bottleneck model here, deployable as bottleneck:DIR "
+            "(tierflow plan / build / serve / bench)"
+        ),
+    ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed rounds per variant")] = 100,
     train_limit: Annotated[
         int | None, typer.Option(min=1, help="Use only the first N training samples")
@@ -235,6 +243,11 @@ def compress(
     ] = ",".join(DEFAULT_PLAN_VARIANTS),
 ) -> None:
     """Measure MODEL's compressed variants and the ways across one cut (codecs, bottleneck)."""
+    if bottleneck_out is not None and bottleneck_channels == 0:
+        raise typer.BadParameter(
+            "--bottleneck-out needs a bottleneck: --bottleneck-channels above 0",
+            param_hint="--bottleneck-out",
+        )
     say = err_console.print if json_out else console.print
     net, inputs = resolve_model(model, seed=seed)
     example = inputs[0]
@@ -272,7 +285,20 @@ def compress(
                 code_channels=bottleneck_channels, epochs=bottleneck_epochs, seed=seed
             )
             bottleneck = train_bottleneck(net, example, cut, splits.train, settings)
-            rows += measure_bottleneck(bottleneck, example, splits.test, where / "bottleneck")
+            measured_rows = measure_bottleneck(
+                bottleneck, example, splits.test, where / "bottleneck"
+            )
+            rows += measured_rows
+            if bottleneck_out is not None:
+                save_bottleneck(
+                    bottleneck,
+                    bottleneck_out,
+                    base=model,
+                    example=example,
+                    dataset=data,
+                    accuracy=measured_rows[0].accuracy,
+                )
+                say(f"saved: plan, build and serve it as bottleneck:{bottleneck_out}")
         if out is not None:
             say(f"wrote {_plot(rows, out / 'cut_codecs.png')}")
     options: CodecOptions | None = None

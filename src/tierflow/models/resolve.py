@@ -1,12 +1,14 @@
 """Turn a model spec string into ``(model, example_inputs)``.
 
-Four spec forms are accepted (the same strings the CLI takes):
+Five spec forms are accepted (the same strings the CLI takes):
 
 * ``torchvision:NAME``: any torchvision classification model, randomly initialised
   (tierflow never downloads weights);
 * ``zoo:NAME``: a model from :mod:`tierflow.models.zoo`;
 * ``run:DIR``: the trained backbone of a ``tierflow train`` run directory (weights verified
   against their ``.sha256``; example inputs shaped as recorded in ``DIR/model.json``);
+* ``bottleneck:DIR``: a model with a learned bottleneck saved by ``tierflow compress
+  --bottleneck-out DIR`` (:mod:`tierflow.compress.bottleneck_run`), weights verified;
 * ``package.module:factory``: user code; ``factory()`` returns a module, or a module and
   its example inputs.
 """
@@ -48,7 +50,8 @@ def resolve_model(
     Parameters
     ----------
     spec:
-        ``torchvision:NAME``, ``zoo:NAME``, ``run:DIR`` or ``package.module:factory``.
+        ``torchvision:NAME``, ``zoo:NAME``, ``run:DIR``, ``bottleneck:DIR`` or
+        ``package.module:factory``.
     input_shape:
         Replaces the shape of the first example input (its dtype is kept; float inputs are
         drawn from a standard normal, integer inputs are zeros).
@@ -89,8 +92,8 @@ def _build(spec: str, seed: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     kind, sep, name = spec.partition(":")
     if not sep or not name:
         raise ModelSpecError(
-            f"model spec {spec!r} is not one of 'torchvision:NAME', 'zoo:NAME', 'run:DIR' or "
-            "'package.module:factory'"
+            f"model spec {spec!r} is not one of 'torchvision:NAME', 'zoo:NAME', 'run:DIR', "
+            "'bottleneck:DIR' or 'package.module:factory'"
         )
     if kind == "torchvision":
         return _torchvision(name)
@@ -99,6 +102,11 @@ def _build(spec: str, seed: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         from tierflow.train.run_dir import load_backbone
 
         return load_backbone(name)
+    if kind == "bottleneck":
+        # Lazy, as for run:DIR: the bottleneck module rebuilds its base through this one.
+        from tierflow.compress.bottleneck_run import load_bottleneck
+
+        return load_bottleneck(name)
     if kind == "zoo":
         if name not in ZOO:
             raise ModelSpecError(
