@@ -183,3 +183,15 @@ def test_baselines_can_be_left_out(lenet):
     topology = topology_from_dict(TWO_TIERS)
     assert set(configurations(graph, topology, profiles)) == {"plan", "all-phone", "all-cloud"}
     assert set(configurations(graph, topology, profiles, baselines=False)) == {"plan"}
+
+
+def test_the_report_names_each_tiers_variant_and_the_codecs_it_sends():
+    from tierflow.measure.bench_report import tiers_label
+    from tierflow.measure.testbed_bench import ConfigResult
+
+    def result(**extra):
+        return ConfigResult("p", None, 1, 1, 1, {}, 1, 1, 1, tiers_used=("cam", "edge"), **extra)
+
+    assert tiers_label(result()) == "cam+edge"
+    compressed = result(variants={"edge": "int8-static"}, link_codecs={"cam": {"x": "fp16"}})
+    assert tiers_label(compressed) == "cam [sends x as fp16] + edge (int8-static)"

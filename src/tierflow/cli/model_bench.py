@@ -21,7 +21,7 @@ from tierflow.cli.exit_bench import RUN_PREFIX
 from tierflow.cli.loading import load_model, measured_tier_profiles
 from tierflow.data import load_dataset
 from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES
-from tierflow.measure.bench_report import markdown_report, plot_measured
+from tierflow.measure.bench_report import markdown_report, plot_measured, tiers_label
 from tierflow.measure.testbed_bench import (
     BenchSettings,
     CompressionChoice,
@@ -135,7 +135,7 @@ def bench_table(results: list[ConfigResult]) -> Table:
         point = ", ".join(f"{v:g}" for v in (r.sweep or {}).values()) or "-"
         same = f" (= {r.same_deployment_as})" if r.same_deployment_as else ""
         table.add_row(
-            point, r.name + same, "+".join(r.tiers_used), f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
+            point, r.name + same, tiers_label(r), f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}",
             f"{r.throughput_rps:.1f}", f"{sum(r.bytes_per_link.values()) / 1e3:.1f}",
             f"{r.predicted_ms:.1f}", f"{r.measured_over_predicted:.2f}",
         )  # fmt: skip

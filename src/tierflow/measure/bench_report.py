@@ -19,11 +19,26 @@ def _point(result: ConfigResult) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in result.sweep.items())
 
 
-def _tiers(result: ConfigResult) -> str:
-    """Tiers in use, each with its compressed variant when it runs one."""
-    return "+".join(
-        f"{t} ({result.variants[t]})" if t in result.variants else t for t in result.tiers_used
-    )
+def tiers_label(result: ConfigResult) -> str:
+    """Tiers in use, each with its compressed variant and the codecs it sends with.
+
+    >>> r = ConfigResult("p", None, 1, 1, 1, {}, 1, 1, 1, tiers_used=("cam", "edge"),
+    ...                  variants={"edge": "int8-static"}, link_codecs={"cam": {"x": "fp16"}})
+    >>> tiers_label(r)
+    'cam [sends x as fp16] + edge (int8-static)'
+    """
+    parts = []
+    for tier in result.tiers_used:
+        text = tier
+        if tier in result.variants:
+            text += f" ({result.variants[tier]})"
+        codecs = result.link_codecs.get(tier, {})
+        if codecs:
+            sent = ", ".join(f"{value} as {spec}" for value, spec in codecs.items())
+            text += f" [sends {sent}]"
+        parts.append(text)
+    separator = " + " if result.variants or result.link_codecs else "+"
+    return separator.join(parts)
 
 
 def markdown_report(model: str, topology: str, results: Sequence[ConfigResult]) -> str:
@@ -41,7 +56,7 @@ def markdown_report(model: str, topology: str, results: Sequence[ConfigResult]) 
         same = f" (= {r.same_deployment_as})" if r.same_deployment_as else ""
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.1f}%"
         lines.append(
-            f"| {_point(r)} | {r.name}{same} | {_tiers(r)} | {r.p50_ms:.1f} | "
+            f"| {_point(r)} | {r.name}{same} | {tiers_label(r)} | {r.p50_ms:.1f} | "
             f"{r.p95_ms:.1f} | {r.throughput_rps:.1f} | {links} | {r.predicted_ms:.1f} | "
             f"{r.measured_over_predicted:.2f} | {accuracy} |"
         )

@@ -58,6 +58,7 @@ class ConfigResult:
     tiers_used: tuple[str, ...] = field(default=())
     accuracy: float | None = None  # on the bench's labelled samples, through the testbed
     variants: Mapping[str, str] = field(default_factory=dict)  # the plan's tier_variants
+    link_codecs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # the plan's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,6 +249,7 @@ def run_bench(
                     tiers_used=tuple(config.segments()),
                     accuracy=accuracy.get(key),
                     variants=dict(config.tier_variants),
+                    link_codecs={t: dict(c) for t, c in config.link_codecs.items()},
                 )
             )
             first_name.setdefault(key, name)
