@@ -15,6 +15,8 @@ EXPECTED = {
     "CodecError", "CompressionError", "DatasetError", "ExitError", "ExitModel", "ExitOptions",
     "ExitPolicy", "FusionError", "TrainingError", "load_dataset", "load_exit_model",
     "plan_with_exits", "train_run",
+    # compression: the planner's options and the compression-aware planner
+    "CodecOptions", "VariantOptions", "plan_compressed",
 }  # fmt: skip
 
 

@@ -10,6 +10,9 @@ The pipeline, one typed artifact to the next::
 
     load_dataset(spec) → train_run(backbone, data=..., exits=...) → run dir (exits.json)
     plan_with_exits(graph, topology, ExitOptions.load(...)) → Plan with early exits
+
+    plan_compressed(graph, topology, variants=VariantOptions.load(...),
+                    codecs=CodecOptions.load(...)) → Plan with int8 tiers and codecs
 """
 
 from tierflow.data import load_dataset
@@ -39,7 +42,10 @@ from tierflow.models import resolve_model
 from tierflow.partition import Segment, SplitModel, run_split
 from tierflow.partition.from_plan import split
 from tierflow.plan import Cut, Objective, Plan, Prediction, plan, plan_with_exits
+from tierflow.plan.codec_options import CodecOptions
 from tierflow.plan.exit_options import ExitOptions
+from tierflow.plan.variant_options import VariantOptions
+from tierflow.plan.variant_planner import plan_compressed
 from tierflow.profile import Profile, profile_model
 from tierflow.runtime.client import AsyncClient, Client, Result, connect
 from tierflow.topology import Link, Tier, Topology, load_topology
@@ -53,6 +59,7 @@ __all__ = [
     "CaptureError",
     "Client",
     "CodecError",
+    "CodecOptions",
     "CompressionError",
     "Cut",
     "DatasetError",
@@ -84,6 +91,7 @@ __all__ = [
     "Topology",
     "TopologyError",
     "TrainingError",
+    "VariantOptions",
     "WireError",
     "__version__",
     "capture",
@@ -92,6 +100,7 @@ __all__ = [
     "load_exit_model",
     "load_topology",
     "plan",
+    "plan_compressed",
     "plan_with_exits",
     "profile_model",
     "resolve_model",
