@@ -195,3 +195,16 @@ def test_the_report_names_each_tiers_variant_and_the_codecs_it_sends():
     assert tiers_label(result()) == "cam+edge"
     compressed = result(variants={"edge": "int8-static"}, link_codecs={"cam": {"x": "fp16"}})
     assert tiers_label(compressed) == "cam [sends x as fp16] + edge (int8-static)"
+
+
+def test_the_summary_leaves_out_the_baseline_part_when_there_are_no_baselines():
+    from tierflow.measure.bench_report import speedup_summary
+    from tierflow.measure.testbed_bench import ConfigResult
+
+    plan = ConfigResult("plan", None, 40.0, 40, 1, {}, 40, 1, 1, accuracy=0.975)
+    smaller = ConfigResult("plan+compressed", None, 10.0, 10, 1, {}, 10, 1, 1, accuracy=0.975)
+    summary = speedup_summary([plan, smaller])
+    assert summary == (
+        "Compressed plan against the uncompressed plan (measured p50): -: 4.00× "
+        "(accuracy 97.5% → 97.5%)"
+    )

@@ -86,12 +86,14 @@ def speedup_summary(results: Sequence[ConfigResult]) -> str:
                 compressed[-1] += (
                     f" (accuracy {100 * plan.accuracy:.1f}% → {100 * smaller.accuracy:.1f}%)"
                 )
-    summary = "Plan speed-up over the best baseline (measured p50): " + "; ".join(parts)
+    lines = []
+    if parts:
+        lines.append("Plan speed-up over the best baseline (measured p50): " + "; ".join(parts))
     if compressed:
-        summary += "\nCompressed plan against the uncompressed plan (measured p50): " + "; ".join(
-            compressed
+        lines.append(
+            "Compressed plan against the uncompressed plan (measured p50): " + "; ".join(compressed)
         )
-    return summary
+    return "\n".join(lines)
 
 
 def plot_measured(results: Sequence[ConfigResult], path: Path, *, title: str) -> Path | None:
