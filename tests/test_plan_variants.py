@@ -37,26 +37,32 @@ THREE_TIERS = ROOT / "examples" / "topologies" / "camera-gateway-cloud.yaml"
 
 # -- brute force over placements × variants per tier (× codecs) -------------------------------
 def random_variants(rng: np.random.Generator, n_nodes: int) -> list[VariantArrays]:
-    """One or two variants: per node a speed ratio in [0.2, 1.5] and a size ratio < 1."""
+    """One or two variants: per node a speed ratio in [0.2, 1.5] and a size ratio < 1,
+    and a fixed cost per segment (0 for some)."""
     return [
         VariantArrays(
             f"v{i}",
             rng.uniform(0.2, 1.5, n_nodes),
             rng.uniform(0.2, 1.0, n_nodes),
             float(rng.choice([0.0, rng.uniform(0.0, 1.5)])),
+            float(rng.choice([0.0, rng.uniform(0.0, 3.0)])),
         )
         for i in range(int(rng.integers(1, 3)))
     ]
 
 
 def brute_force(
-    cost: CostModel, variants: list[VariantArrays], objective: Objective, budget: float
+    cost: CostModel,
+    variants: list[VariantArrays],
+    objective: Objective,
+    budget: float,
+    speeds: np.ndarray,
 ) -> float | None:
     """Lowest objective over every variant choice × placement × codec choice in budget."""
     weights = link_weights(cost)
     best: float | None = None
     for choice in itertools.product(range(-1, len(variants)), repeat=cost.n_tiers):
-        varied = with_variants(cost, variants, choice)
+        varied = with_variants(cost, variants, choice, speeds)
         for tiers in monotone_assignments(varied):
             used = set(tiers.tolist())
             drop = sum(variants[k].drop_pp for t, k in enumerate(choice) if k >= 0 and t in used)
@@ -72,15 +78,15 @@ def brute_force(
 
 
 def check_against_brute_force(
-    cost: CostModel, variants: list[VariantArrays], spec: str, budget: float
+    cost: CostModel, variants: list[VariantArrays], spec: str, budget: float, speeds: np.ndarray
 ) -> None:
     objective = Objective.parse(spec)
-    expected = brute_force(cost, variants, objective, budget)
+    expected = brute_force(cost, variants, objective, budget, speeds)
     if expected is None:
         with pytest.raises(InfeasiblePlanError):
-            solve_compressed(cost, variants, objective, max_accuracy_drop_pp=budget)
+            solve_compressed(cost, variants, objective, max_accuracy_drop_pp=budget, speeds=speeds)
         return
-    found = solve_compressed(cost, variants, objective, max_accuracy_drop_pp=budget)
+    found = solve_compressed(cost, variants, objective, max_accuracy_drop_pp=budget, speeds=speeds)
     prediction = evaluate(found.cost, found.solution.tiers, found.solution.codecs)
     assert prediction.feasible, prediction.violations
     assert found.drop_pp <= budget + 1e-9
@@ -102,7 +108,8 @@ def test_planner_with_variants_matches_brute_force(
 ):
     rng = np.random.default_rng(seed)
     cost = random_cost_model(rng, n_nodes=n_nodes, n_tiers=n_tiers, memory=memory)
-    check_against_brute_force(cost, random_variants(rng, n_nodes), objective, budget)
+    speeds = np.sort(rng.uniform(0.2, 8.0, n_tiers))
+    check_against_brute_force(cost, random_variants(rng, n_nodes), objective, budget, speeds)
 
 
 def _codec_options(cost: CostModel) -> tuple[CostModel, CodecOptions, np.ndarray]:
@@ -162,7 +169,7 @@ def test_planner_with_variants_and_codecs_matches_brute_force(seed, n_nodes, n_t
     )
     variants = random_variants(rng, n_nodes)
     objective = Objective.parse("latency")
-    expected = brute_force(cost, variants, objective, budget)
+    expected = brute_force(cost, variants, objective, budget, np.ones(n_tiers))
     plain, options, speeds = _codec_options(cost)
     found = solve_compressed(
         plain,
@@ -319,3 +326,15 @@ def test_options_of_another_model_or_with_unknown_nodes_are_refused(lenet_graph)
         PlanError, match=r"variants\.0\.time_ratio: node 'conv9' is not in the graph"
     ):
         plan_compressed(lenet_graph, topology, variants=unknown)
+
+
+def test_a_variants_fixed_cost_per_segment_can_make_it_not_worth_it():
+    chain = two_tier_chain(device_ms=40.0)
+    costly = VariantArrays("int8", np.full(3, 0.25), np.full(3, 0.25), 0.0, segment_ms=1000.0)
+    speeds = np.array([1.0, 8.0])
+    found = solve_compressed(
+        chain, [costly], Objective.parse("latency"), max_accuracy_drop_pp=1, speeds=speeds
+    )
+    assert found.variants[0] == -1  # 1 s per request on the device outweighs 60 ms saved
+    with pytest.raises(PlanError, match="segment_ms needs the tiers' speeds"):
+        solve_compressed(chain, [costly], Objective.parse("latency"), max_accuracy_drop_pp=1)

@@ -47,6 +47,10 @@ class VariantOption:
         host; nodes not listed keep their fp32 time (ratio 1).
     size_ratio:
         ``{node: variant parameter bytes / fp32 parameter bytes}``; nodes not listed 1.
+    segment_ms:
+        Host ms a tier running this variant pays once per request, however many nodes it
+        runs (quantising its input, dequantising its output); a tier's cost is this
+        divided by its ``compute.speed``.
 
     Examples
     --------
@@ -59,6 +63,7 @@ class VariantOption:
     accuracy_drop_pp: float
     time_ratio: Mapping[str, float] = field(default_factory=dict)
     size_ratio: Mapping[str, float] = field(default_factory=dict)
+    segment_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +71,7 @@ class VariantOption:
             "accuracy_drop_pp": self.accuracy_drop_pp,
             "time_ratio": dict(self.time_ratio),
             "size_ratio": dict(self.size_ratio),
+            "segment_ms": self.segment_ms,
         }
 
     @classmethod
@@ -75,6 +81,7 @@ class VariantOption:
             accuracy_drop_pp=float(data["accuracy_drop_pp"]),
             time_ratio={str(k): float(v) for k, v in dict(data.get("time_ratio", {})).items()},
             size_ratio={str(k): float(v) for k, v in dict(data.get("size_ratio", {})).items()},
+            segment_ms=float(data.get("segment_ms", 0.0)),
         )
 
 
@@ -112,10 +119,10 @@ class VariantOptions:
             if v.name in seen:
                 raise CompressionError(f"{where}: variant {v.name!r} is repeated")
             seen.add(v.name)
-            if not (math.isfinite(v.accuracy_drop_pp) and v.accuracy_drop_pp >= 0):
-                raise CompressionError(
-                    f"{where}.accuracy_drop_pp must be finite and >= 0, got {v.accuracy_drop_pp}"
-                )
+            for name in ("accuracy_drop_pp", "segment_ms"):
+                value = getattr(v, name)
+                if not (math.isfinite(value) and value >= 0):
+                    raise CompressionError(f"{where}.{name} must be finite and >= 0, got {value}")
             for table in ("time_ratio", "size_ratio"):
                 for node, ratio in getattr(v, table).items():
                     if not (math.isfinite(ratio) and ratio > 0):

@@ -58,6 +58,7 @@ class VariantArrays:
     time_ratio: FloatArray  # [N]
     size_ratio: FloatArray  # [N]
     drop_pp: float
+    segment_ms: float = 0.0  # host ms a tier running it pays once per request
 
 
 @dataclass(frozen=True)
@@ -94,23 +95,41 @@ def variant_arrays(
                     )
                 ratios[index[node]] = ratio
             arrays.append(ratios)
-        result.append(VariantArrays(option.name, arrays[0], arrays[1], option.accuracy_drop_pp))
+        result.append(
+            VariantArrays(
+                option.name, arrays[0], arrays[1], option.accuracy_drop_pp, option.segment_ms
+            )
+        )
     return result
 
 
 def with_variants(
-    base: CostModel, variants: Sequence[VariantArrays], choice: Sequence[int]
+    base: CostModel,
+    variants: Sequence[VariantArrays],
+    choice: Sequence[int],
+    speeds: FloatArray | None = None,
 ) -> CostModel:
-    """``base`` with tier ``t`` running ``variants[choice[t]]`` (-1: fp32)."""
+    """``base`` with tier ``t`` running ``variants[choice[t]]`` (-1: fp32).
+
+    A variant's ``segment_ms`` joins the tier's ``service_ms``, paid once per request
+    whenever the tier is on the request's path; ``speeds`` (host to tier) scale it, and
+    are needed when a chosen variant has one.
+    """
     if all(k < 0 for k in choice):
         return base
     compute = base.compute_ms.copy()
     scale = np.ones((base.n_nodes, base.n_tiers))
+    service = base.service_ms.copy()
     for tier, k in enumerate(choice):
-        if k >= 0:
-            compute[:, tier] *= variants[k].time_ratio
-            scale[:, tier] = variants[k].size_ratio
-    return _replace(base, compute_ms=compute, param_scale=scale)
+        if k < 0:
+            continue
+        compute[:, tier] *= variants[k].time_ratio
+        scale[:, tier] = variants[k].size_ratio
+        if variants[k].segment_ms:
+            if speeds is None:
+                raise PlanError(f"variant {variants[k].name}: segment_ms needs the tiers' speeds")
+            service[tier] += variants[k].segment_ms / speeds[tier]
+    return _replace(base, compute_ms=compute, param_scale=scale, service_ms=service)
 
 
 def solve_compressed(
@@ -127,7 +146,8 @@ def solve_compressed(
     """Optimal placement, per-tier variant and per-link codecs (Note [Variants by
     enumeration]).
 
-    ``speeds`` (host-to-tier speed factors) is needed with ``codec_options``.
+    ``speeds`` (host-to-tier speed factors) is needed with ``codec_options`` and with
+    variants that have a ``segment_ms``.
 
     Raises
     ------
@@ -144,7 +164,7 @@ def solve_compressed(
         budget = max_accuracy_drop_pp - sum(variants[k].drop_pp for k in choice if k >= 0)
         if budget < 0:
             continue
-        cost = with_variants(base, variants, choice)
+        cost = with_variants(base, variants, choice, speeds)
         if codec_options is not None and speeds is not None:
             cost = codec_cost_model(
                 cost, codec_options, speeds, max_accuracy_drop_pp=budget, model=model
@@ -254,7 +274,8 @@ def plan_compressed(
         service_ms=service_ms,
     )
     arrays = [] if variants is None else variant_arrays(base, variants, model=graph.model)
-    speeds = tier_speeds(graph, topology, base, profile) if codecs is not None else None
+    needs_speeds = codecs is not None or any(a.segment_ms for a in arrays)
+    speeds = tier_speeds(graph, topology, base, profile) if needs_speeds else None
     started = time.perf_counter()
     try:
         found = solve_compressed(
