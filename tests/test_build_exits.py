@@ -14,7 +14,7 @@ from torch import nn
 from test_artifacts import plan_by_position
 from tierflow import resolve_model
 from tierflow.artifacts import Manifest, build, load_executors, load_manifest, run_chain
-from tierflow.artifacts.exit_heads import load_tier_exits
+from tierflow.artifacts.exit_loading import load_tier_exits
 from tierflow.errors import ArtifactError
 from tierflow.partition.from_plan import split_at_exits
 from tierflow.plan.exit_options import PlannedExit

@@ -4,8 +4,7 @@ A head is a small module that reads one backbone value (the output of a planned 
 node) and returns logits shaped like the model's one output. :func:`export_exit_head`
 writes it as ``exit-NAME.onnx`` and checks the file against PyTorch at two batch sizes,
 as segments are checked (Note [ONNX exporter] in :mod:`tierflow.artifacts.build`);
-:func:`load_tier_exits` reads a tier's heads back, digests first, as the runtime's
-:class:`~tierflow.runtime.early_exit.TierExit` objects.
+:func:`~tierflow.artifacts.exit_loading.load_tier_exits` reads a tier's heads back.
 """
 
 from __future__ import annotations
@@ -21,19 +20,17 @@ import torch
 from torch import nn
 
 from tierflow.artifacts.executors import OnnxExecutor
+from tierflow.artifacts.exit_loading import head_segment
 from tierflow.artifacts.manifest import (
     ExitEntry,
     FileEntry,
-    Manifest,
     SegmentEntry,
     ValueEntry,
     file_digest,
-    verify_file,
 )
 from tierflow.errors import ArtifactError, ExitError
 from tierflow.exits.policy import policy_by_name
 from tierflow.plan.exit_options import PlannedExit
-from tierflow.runtime.early_exit import TierExit
 
 # As for segments (build.py): float32 kernels of ONNX Runtime and PyTorch differ slightly.
 _RTOL = 1e-4
@@ -125,7 +122,7 @@ def export_exit_head(
             f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
     file = FileEntry(path.name, file_digest(path))
-    executor = OnnxExecutor(out, _as_segment(planned.tier, file, reads, output))
+    executor = OnnxExecutor(out, head_segment(planned.tier, file, reads, output))
     for run in (values, wider):
         if run is None:
             continue
@@ -184,51 +181,3 @@ def _check_logits(name: str, head: nn.Module, x: Any, final: Any) -> None:
             f"model's output is {final.dtype} {list(final.shape)}; an exit must answer in "
             "its place"
         )
-
-
-def _as_segment(tier: str, file: FileEntry, reads: ValueEntry, output: ValueEntry) -> SegmentEntry:
-    """A head as the one-file ONNX segment :class:`OnnxExecutor` runs."""
-    return SegmentEntry(tier, "onnx", (file,), (reads,), (output,))
-
-
-def load_tier_exits(
-    manifest: Manifest, tier: str, *, intra_op_threads: int | None = None
-) -> list[TierExit]:
-    """The exits ``tier`` runs, heads loaded, in order; ``after`` counts ``tier``'s segments.
-
-    Raises
-    ------
-    ArtifactError
-        If a head's file is missing or its sha256 differs from the manifest's.
-
-    Examples
-    --------
-    >>> exits = load_tier_exits(load_manifest("build/"), "device")  # doctest: +SKIP
-    >>> [(e.name, e.after) for e in exits]  # doctest: +SKIP
-    [('exit1', 0)]
-    """
-    positions = [i for i, s in enumerate(manifest.segments) if s.tier == tier]
-    exits = []
-    for entry in manifest.exits_of(tier):
-        verify_file(manifest.root, entry.file)
-        head = OnnxExecutor(
-            manifest.root,
-            _as_segment(tier, entry.file, entry.input, entry.output),
-            intra_op_threads=intra_op_threads,
-        )
-        try:
-            policy = policy_by_name(entry.policy)
-        except ExitError as error:
-            raise ArtifactError(f"{manifest.root}: exit {entry.name!r}: {error}") from None
-        exits.append(
-            TierExit(
-                name=entry.name,
-                head=head,
-                logits=entry.output.name,
-                answers=entry.answers,
-                policy=policy,
-                threshold=entry.threshold,
-                after=positions.index(entry.after),
-            )
-        )
-    return exits

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from tierflow.artifacts.executors import load_executors
-from tierflow.artifacts.exit_heads import load_tier_exits
+from tierflow.artifacts.exit_loading import load_tier_exits
 from tierflow.artifacts.manifest import Manifest
 from tierflow.errors import ArtifactError
 from tierflow.runtime.executor import Executor
