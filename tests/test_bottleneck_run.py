@@ -110,3 +110,13 @@ def test_cli_bottleneck_out_needs_a_bottleneck(tmp_path):
     )
     assert result.exit_code != 0
     assert "--bottleneck-channels" in result.output
+
+
+def test_the_bench_measures_a_bottleneck_models_accuracy_on_its_own_dataset(saved):
+    from tierflow.cli.model_bench import compression_inputs
+
+    inputs = compression_inputs(
+        saved, codecs=None, variants=None, data=None, samples=10, max_accuracy_drop_pp=0.5
+    )
+    assert inputs["compression"] is None
+    assert inputs["labelled"].x.shape == (10, 1, 28, 28)  # mnist5k, recorded when saved

@@ -19,6 +19,7 @@ from tierflow.cli.app import console, err_console
 from tierflow.cli.commands_plan import read_raw_topology
 from tierflow.cli.exit_bench import RUN_PREFIX
 from tierflow.cli.loading import load_model, measured_tier_profiles
+from tierflow.compress.bottleneck_run import BottleneckConfig
 from tierflow.data import load_dataset
 from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES
 from tierflow.measure.bench_report import markdown_report, plot_measured, tiers_label
@@ -37,6 +38,7 @@ from tierflow.topology import topology_from_dict
 from tierflow.train.run_dir import RunConfig
 
 DEFAULT_ACCURACY_SAMPLES = 200
+BOTTLENECK_PREFIX = "bottleneck:"
 
 
 def compression_inputs(
@@ -50,12 +52,14 @@ def compression_inputs(
 ) -> dict[str, Any]:
     """The model bench's ``compression`` and ``labelled`` arguments from CLI options.
 
-    Labelled data comes from ``data``, else from a ``run:DIR``'s own dataset; variants
-    need it (calibration of int8 tiers), plain plans only use it for accuracy.
+    Labelled data comes from ``data``, else from a ``run:DIR``'s or ``bottleneck:DIR``'s
+    own dataset; variants need it (calibration of int8 tiers), plain plans only use it for accuracy.
     """
     dataset = data
     if dataset is None and model.startswith(RUN_PREFIX):
         dataset = RunConfig.load(Path(model[len(RUN_PREFIX) :])).dataset
+    if dataset is None and model.startswith(BOTTLENECK_PREFIX):
+        dataset = BottleneckConfig.load(Path(model[len(BOTTLENECK_PREFIX) :])).dataset or None
     if variants is not None and dataset is None:
         raise typer.BadParameter(
             "--variants builds int8 tiers, which need calibration samples: give --data",
