@@ -176,5 +176,6 @@ def test_a_request_carries_as_many_samples_as_the_example(
             net, example, splits, nodes=["pool2"], codecs=["int8+zstd"], limit=64
         )
         ratios[batch] = options.candidates[0].ratio
+        assert options.batch == batch  # recorded, so a plan at another batch is refused
     # One header (and one zstd frame) per request: shared by 8 samples it weighs less.
     assert ratios[8] < ratios[1]

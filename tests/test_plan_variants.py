@@ -338,3 +338,17 @@ def test_a_variants_fixed_cost_per_segment_can_make_it_not_worth_it():
     assert found.variants[0] == -1  # 1 s per request on the device outweighs 60 ms saved
     with pytest.raises(PlanError, match="segment_ms needs the tiers' speeds"):
         solve_compressed(chain, [costly], Objective.parse("latency"), max_accuracy_drop_pp=1)
+
+
+def test_options_measured_at_another_batch_are_refused(lenet_graph):
+    topology = load_topology(THREE_TIERS)
+    eight = VariantOptions("zoo:lenet", (VariantOption("int8-static", 0.0),), batch=8)
+    with pytest.raises(PlanError, match=r"variant options were measured on requests of 8"):
+        plan_compressed(lenet_graph, topology, variants=eight)
+    codecs = CodecOptions((CodecCandidate("pool2", "int8+zstd", 0.2, 0.1, 0.1, 0.0),), batch=8)
+    with pytest.raises(PlanError, match=r"codec options were measured on requests of 8"):
+        plan_compressed(lenet_graph, topology, codecs=codecs)
+    assert VariantOptions.from_dict(eight.to_dict()).batch == 8
+    assert CodecOptions.from_dict(codecs.to_dict()).batch == 8
+    legacy = {"tierflow_codecs_version": 1, "candidates": []}  # written before the field
+    assert CodecOptions.from_dict(legacy).batch == 1

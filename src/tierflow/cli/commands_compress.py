@@ -15,6 +15,7 @@ from rich.table import Table
 
 from tierflow.cli.app import app, console, err_console, reports_errors
 from tierflow.cli.commands_model import ModelArg
+from tierflow.cli.loading import parse_shape
 from tierflow.compress.bottleneck import BottleneckSettings, train_bottleneck
 from tierflow.compress.bottleneck_run import save_bottleneck
 from tierflow.compress.codec_options_measure import DEFAULT_LIMIT, codec_options_for
@@ -221,6 +222,13 @@ def compress(
         int | None, typer.Option(min=1, help="Use only the first N training samples")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds training")] = 0,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            help="Example input shape, e.g. 8,1,28,28: latencies, codec and variant options "
+            "are measured on requests of its batch (plan and bench at the same shape)"
+        ),
+    ] = None,
     codec_options: Annotated[
         Path | None,
         typer.Option(
@@ -249,7 +257,7 @@ def compress(
             param_hint="--bottleneck-out",
         )
     say = err_console.print if json_out else console.print
-    net, inputs = resolve_model(model, seed=seed)
+    net, inputs = resolve_model(model, input_shape=parse_shape(input_shape), seed=seed)
     example = inputs[0]
     splits = _limited(load_dataset(data, seed=seed), train_limit)
     if tuple(splits.train.x.shape[1:]) != tuple(example.shape[1:]):

@@ -140,7 +140,7 @@ def codec_options_for(
                     accuracy_drop_pp=max(0.0, drop_pp),
                 )
             )
-    return CodecOptions(tuple(candidates))
+    return CodecOptions(tuple(candidates), batch=max(1, int(example.shape[0])))
 
 
 def default_nodes(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -219,7 +219,7 @@ def _measure(
         options.append(
             VariantOption(name, drops.get(name, 0.0), time_ratio, size_ratio, round(segment_ms, 4))
         )
-    return VariantOptions(model_spec, tuple(options))
+    return VariantOptions(model_spec, tuple(options), batch=len(example))
 
 
 def _variant_files(

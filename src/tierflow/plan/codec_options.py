@@ -82,6 +82,9 @@ class CodecOptions:
     candidates:
         Measured (value, codec) pairs; each (node, codec) at most once. Raw bytes are
         always a choice and are not listed.
+    batch:
+        Samples per request they were measured on (the model's example batch); the
+        planner refuses them for a model planned at another batch.
 
     Examples
     --------
@@ -91,8 +94,11 @@ class CodecOptions:
     """
 
     candidates: tuple[CodecCandidate, ...]
+    batch: int = 1
 
     def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise CodecError(f"samples_per_request must be >= 1, got {self.batch}")
         seen: set[tuple[str, str]] = set()
         for index, c in enumerate(self.candidates):
             where = f"candidates.{index}"
@@ -109,6 +115,7 @@ class CodecOptions:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tierflow_codecs_version": CODECS_FORMAT_VERSION,
+            "samples_per_request": self.batch,
             "candidates": [c.to_dict() for c in self.candidates],
         }
 
@@ -135,7 +142,11 @@ class CodecOptions:
                 ) from None
             except (TypeError, ValueError, AttributeError) as exc:
                 raise CodecError(f"{source}: candidates.{index}: malformed: {exc}") from None
-        return cls(tuple(candidates))
+        try:
+            batch = int(data.get("samples_per_request", 1))
+        except (TypeError, ValueError):
+            raise CodecError(f"{source}: samples_per_request must be an integer") from None
+        return cls(tuple(candidates), batch)
 
     @classmethod
     def load(cls, path: str | Path) -> CodecOptions:

@@ -95,6 +95,9 @@ class VariantOptions:
         The model spec the variants were measured on (checked against the plan's).
     variants:
         Measured variants, each name at most once; fp32 is always a choice, not listed.
+    batch:
+        Samples per request they were measured on (the model's example batch); the
+        planner refuses them for a model planned at another batch.
 
     Examples
     --------
@@ -105,8 +108,11 @@ class VariantOptions:
 
     model: str
     variants: tuple[VariantOption, ...]
+    batch: int = 1
 
     def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise CompressionError(f"samples_per_request must be >= 1, got {self.batch}")
         seen: set[str] = set()
         for index, v in enumerate(self.variants):
             where = f"variants.{index}"
@@ -140,6 +146,7 @@ class VariantOptions:
         return {
             "tierflow_variants_version": VARIANTS_FORMAT_VERSION,
             "model": self.model,
+            "samples_per_request": self.batch,
             "variants": [v.to_dict() for v in self.variants],
         }
 
@@ -166,7 +173,11 @@ class VariantOptions:
                 ) from None
             except (TypeError, ValueError, AttributeError) as exc:
                 raise CompressionError(f"{source}: variants.{index}: malformed: {exc}") from None
-        return cls(str(data.get("model", "")), tuple(variants))
+        try:
+            batch = int(data.get("samples_per_request", 1))
+        except (TypeError, ValueError):
+            raise CompressionError(f"{source}: samples_per_request must be an integer") from None
+        return cls(str(data.get("model", "")), tuple(variants), batch)
 
     @classmethod
     def load(cls, path: str | Path) -> VariantOptions:

@@ -263,6 +263,7 @@ def plan_compressed(
         raise PlanError(f"max_accuracy_drop_pp must be >= 0, got {max_accuracy_drop_pp}")
     if variants is not None and variants.model and variants.model != graph.model:
         raise PlanError(f"variant options were measured on {variants.model!r}, not {graph.model!r}")
+    _check_batch(graph, variants, codecs)
     goal = Objective.parse(objective)
     constraints = Constraints(pins=pins, private_input=private_input, slo_ms=slo_ms)
     base = cost_model_for(
@@ -311,6 +312,30 @@ def plan_compressed(
         compression_drop_pp=None if variants is None else found.drop_pp,
         solver=solver,
     )
+
+
+def request_batch(graph: LayerGraph) -> int | None:
+    """Samples per request the graph was captured for: its first input's leading dimension."""
+    for name in graph.inputs:
+        outputs = graph[name].outputs
+        if outputs and outputs[0].shape:
+            return int(outputs[0].shape[0])
+    return None
+
+
+def _check_batch(
+    graph: LayerGraph, variants: VariantOptions | None, codecs: CodecOptions | None
+) -> None:
+    """Options timed on requests of another size would mis-predict every time they add."""
+    batch = request_batch(graph)
+    for what, options in (("variant options", variants), ("codec options", codecs)):
+        if options is None or batch is None or options.batch == batch:
+            continue
+        raise PlanError(
+            f"{what} were measured on requests of {options.batch} sample(s), but "
+            f"{graph.model} is planned for requests of {batch}: measure them again at this "
+            f"input shape (tierflow compress --input-shape) or plan at theirs"
+        )
 
 
 def plan_with_codecs(
