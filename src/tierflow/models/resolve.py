@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from tierflow.errors import ModelSpecError
@@ -118,6 +117,10 @@ def _build(spec: str, seed: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 def _torchvision(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    # Imported here: torchvision costs 1.5 s at import, which every tierflow command
+    # would otherwise pay (Note [Lazy public names] in tierflow).
+    import torchvision
+
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         raise ModelSpecError(
