@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tierflow.documents import read_json_object
+from tierflow.documents import check_version, read_json_object
 from tierflow.errors import ArtifactError
 from tierflow.plan.plan import Plan
 from tierflow.plan.variant_options import FP32, QUANT_MODES
@@ -298,12 +298,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, root: Path, source: str) -> Manifest:
-        version = data.get("tierflow_manifest_version")
-        if version != MANIFEST_FORMAT_VERSION:
-            raise ArtifactError(
-                f"{source}: tierflow_manifest_version is {version!r}; this tierflow reads "
-                f"{MANIFEST_FORMAT_VERSION}"
-            )
+        check_version(
+            data,
+            "tierflow_manifest_version",
+            MANIFEST_FORMAT_VERSION,
+            source=source,
+            error=ArtifactError,
+        )
         try:
             plan_file = data["plan_file"]
             return cls(

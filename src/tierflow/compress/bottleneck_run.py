@@ -29,7 +29,7 @@ from torch import nn
 
 from tierflow.compress.bottleneck import Bottleneck, BottleneckDecoder, BottleneckEncoder
 from tierflow.compress.cut import split_at
-from tierflow.documents import read_json_object
+from tierflow.documents import check_version, read_json_object
 from tierflow.errors import ModelSpecError
 from tierflow.models.resolve import resolve_model
 from tierflow.train.checkpoint import load_tensors, save_tensors
@@ -69,12 +69,13 @@ class BottleneckConfig:
     def load(cls, folder: Path) -> BottleneckConfig:
         path = folder / CONFIG_FILE
         data = read_json_object(path, what="bottleneck description", error=ModelSpecError)
-        version = data.get("tierflow_bottleneck_version")
-        if version != BOTTLENECK_FORMAT_VERSION:
-            raise ModelSpecError(
-                f"{path}: tierflow_bottleneck_version is {version!r}; this tierflow reads "
-                f"{BOTTLENECK_FORMAT_VERSION}"
-            )
+        check_version(
+            data,
+            "tierflow_bottleneck_version",
+            BOTTLENECK_FORMAT_VERSION,
+            source=str(path),
+            error=ModelSpecError,
+        )
         try:
             return cls(
                 base=str(data["base"]),

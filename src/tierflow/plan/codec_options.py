@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tierflow.documents import read_json_object
+from tierflow.documents import check_version, parse_entries, read_json_object
 from tierflow.errors import CodecError
 
 CODECS_FORMAT_VERSION = 1
@@ -124,24 +124,12 @@ class CodecOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "codecs") -> CodecOptions:
-        version = data.get("tierflow_codecs_version")
-        if version != CODECS_FORMAT_VERSION:
-            raise CodecError(
-                f"{source}: tierflow_codecs_version is {version!r}; this tierflow reads "
-                f"{CODECS_FORMAT_VERSION}"
-            )
-        if not isinstance(data.get("candidates"), list):
-            raise CodecError(f"{source}: candidates must be a list")
-        candidates: list[CodecCandidate] = []
-        for index, entry in enumerate(data["candidates"]):
-            try:
-                candidates.append(CodecCandidate.from_dict(entry))
-            except KeyError as exc:
-                raise CodecError(
-                    f"{source}: candidates.{index}: missing field {exc.args[0]!r}"
-                ) from None
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise CodecError(f"{source}: candidates.{index}: malformed: {exc}") from None
+        check_version(
+            data, "tierflow_codecs_version", CODECS_FORMAT_VERSION, source=source, error=CodecError
+        )
+        candidates = parse_entries(
+            data, "candidates", CodecCandidate.from_dict, source=source, error=CodecError
+        )
         try:
             batch = int(data.get("samples_per_request", 1))
         except (TypeError, ValueError):

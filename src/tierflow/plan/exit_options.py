@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tierflow.documents import read_json_object
+from tierflow.documents import check_version, read_json_object
 from tierflow.errors import ExitError
 
 EXITS_FORMAT_VERSION = 1
@@ -138,12 +138,9 @@ class ExitOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "exits") -> ExitOptions:
-        version = data.get("tierflow_exits_version")
-        if version != EXITS_FORMAT_VERSION:
-            raise ExitError(
-                f"{source}: tierflow_exits_version is {version!r}; this tierflow reads "
-                f"{EXITS_FORMAT_VERSION}"
-            )
+        check_version(
+            data, "tierflow_exits_version", EXITS_FORMAT_VERSION, source=source, error=ExitError
+        )
         try:
             return cls(
                 policy=str(data["policy"]),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tierflow.documents import parse_json_object, read_json_object
+from tierflow.documents import check_version, parse_json_object, read_json_object
 from tierflow.errors import PlanError
 from tierflow.plan.evaluate import Prediction
 from tierflow.plan.exit_options import PlannedExit
@@ -182,12 +182,9 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "plan") -> Plan:
-        version = data.get("tierflow_plan_version")
-        if version != PLAN_FORMAT_VERSION:
-            raise PlanError(
-                f"{source}: tierflow_plan_version is {version!r}; this tierflow reads "
-                f"{PLAN_FORMAT_VERSION}"
-            )
+        check_version(
+            data, "tierflow_plan_version", PLAN_FORMAT_VERSION, source=source, error=PlanError
+        )
         try:
             return cls(
                 model=str(data["model"]),

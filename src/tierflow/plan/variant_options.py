@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tierflow.documents import read_json_object
+from tierflow.documents import check_version, parse_entries, read_json_object
 from tierflow.errors import CompressionError
 
 VARIANTS_FORMAT_VERSION = 1
@@ -155,24 +155,16 @@ class VariantOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "variants") -> VariantOptions:
-        version = data.get("tierflow_variants_version")
-        if version != VARIANTS_FORMAT_VERSION:
-            raise CompressionError(
-                f"{source}: tierflow_variants_version is {version!r}; this tierflow reads "
-                f"{VARIANTS_FORMAT_VERSION}"
-            )
-        if not isinstance(data.get("variants"), list):
-            raise CompressionError(f"{source}: variants must be a list")
-        variants: list[VariantOption] = []
-        for index, entry in enumerate(data["variants"]):
-            try:
-                variants.append(VariantOption.from_dict(entry))
-            except KeyError as exc:
-                raise CompressionError(
-                    f"{source}: variants.{index}: missing field {exc.args[0]!r}"
-                ) from None
-            except (TypeError, ValueError, AttributeError) as exc:
-                raise CompressionError(f"{source}: variants.{index}: malformed: {exc}") from None
+        check_version(
+            data,
+            "tierflow_variants_version",
+            VARIANTS_FORMAT_VERSION,
+            source=source,
+            error=CompressionError,
+        )
+        variants = parse_entries(
+            data, "variants", VariantOption.from_dict, source=source, error=CompressionError
+        )
         try:
             batch = int(data.get("samples_per_request", 1))
         except (TypeError, ValueError):

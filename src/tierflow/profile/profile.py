@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tierflow.documents import read_json_object
+from tierflow.documents import check_version, read_json_object
 from tierflow.errors import ProfileError
 
 if TYPE_CHECKING:
@@ -105,12 +105,13 @@ class Profile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "profile") -> Profile:
-        version = data.get("tierflow_profile_version")
-        if version != PROFILE_FORMAT_VERSION:
-            raise ProfileError(
-                f"{source}: tierflow_profile_version is {version!r}; "
-                f"this tierflow reads {PROFILE_FORMAT_VERSION}"
-            )
+        check_version(
+            data,
+            "tierflow_profile_version",
+            PROFILE_FORMAT_VERSION,
+            source=source,
+            error=ProfileError,
+        )
         try:
             node_ms = {str(k): float(v) for k, v in data["node_ms"].items()}
             for name, ms in node_ms.items():

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tierflow.documents import read_json_object
+from tierflow.documents import check_version, read_json_object
 from tierflow.errors import ExitError, ModelSpecError, TierflowError
 from tierflow.exits.heads import HeadSpec, build_head
 from tierflow.exits.model import ExitModel
@@ -111,12 +111,9 @@ class RunConfig:
     def load(cls, run_dir: Path) -> RunConfig:
         path = run_dir / MODEL_FILE
         data = read_json_object(path, what="run model description", error=ModelSpecError)
-        version = data.get("tierflow_run_version")
-        if version != RUN_FORMAT_VERSION:
-            raise ModelSpecError(
-                f"{path}: tierflow_run_version is {version!r}; this tierflow reads "
-                f"{RUN_FORMAT_VERSION}"
-            )
+        check_version(
+            data, "tierflow_run_version", RUN_FORMAT_VERSION, source=str(path), error=ModelSpecError
+        )
         try:
             return cls(
                 backbone=str(data["backbone"]),
