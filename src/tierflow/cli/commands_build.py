@@ -13,6 +13,7 @@ from tierflow.artifacts import ExecutorChoice, Manifest, build
 from tierflow.cli.app import app, console, reports_errors
 from tierflow.cli.commands_model import InputShape, Weights
 from tierflow.cli.loading import parse_shape
+from tierflow.data import load_dataset
 from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES, calibration_batch
 from tierflow.errors import ArtifactError
 from tierflow.models import resolve_model
@@ -124,7 +125,11 @@ def build_command(
     calibration = (
         None
         if calibration_data is None
-        else (calibration_batch(calibration_data, inputs[0], samples=calibration_samples),)
+        else (
+            calibration_batch(
+                load_dataset(calibration_data).train, samples=calibration_samples, like=inputs[0]
+            ),
+        )
     )
     manifest = build(
         model,

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from tierflow.cli.app import console
 from tierflow.cli.demo_exits import DEMO_DATA, trained_demo_run
 from tierflow.cli.model_bench import bench_table, run_testbed_bench
 from tierflow.compress.codec_options_measure import DEFAULT_OPTION_CODECS, codec_options_for
 from tierflow.compress.variant_options_measure import variant_options_for
 from tierflow.data import load_dataset
-from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES
+from tierflow.data.calibration import calibration_batch
 from tierflow.measure.bench_report import speedup_summary
 from tierflow.measure.testbed_bench import (
     BenchSettings,
@@ -76,7 +74,7 @@ def compress_demo(topology: Path, out: Path, *, emulate: bool) -> list[ConfigRes
             DEMO_BUDGET_PP,
             codecs=codecs,
             variants=variants,
-            calibration=torch.from_numpy(splits.train.x[:DEFAULT_CALIBRATION_SAMPLES].copy()),
+            calibration=calibration_batch(splits.train, like=example),
         ),
         labelled=LabelledSamples(
             test.x[:DEMO_ACCURACY_SAMPLES], test.y[:DEMO_ACCURACY_SAMPLES], batch=8

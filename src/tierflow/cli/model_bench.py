@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.table import Table
 
@@ -21,7 +20,7 @@ from tierflow.cli.exit_bench import RUN_PREFIX
 from tierflow.cli.loading import load_model, measured_tier_profiles
 from tierflow.compress.bottleneck_run import BottleneckConfig
 from tierflow.data import load_dataset
-from tierflow.data.calibration import DEFAULT_CALIBRATION_SAMPLES
+from tierflow.data.calibration import calibration_batch
 from tierflow.measure.bench_report import markdown_report, plot_measured, tiers_label
 from tierflow.measure.testbed_bench import (
     BenchSettings,
@@ -71,7 +70,7 @@ def compression_inputs(
         splits = load_dataset(dataset)
         count = samples or DEFAULT_ACCURACY_SAMPLES
         labelled = LabelledSamples(splits.test.x[:count], splits.test.y[:count])
-        calibration = torch.from_numpy(splits.train.x[:DEFAULT_CALIBRATION_SAMPLES].copy())
+        calibration = calibration_batch(splits.train)
     compression = None
     if codecs is not None or variants is not None:
         compression = CompressionChoice(

@@ -187,6 +187,9 @@ def _measure(
 ) -> VariantOptions:
     calibration_x = data.train.x[:calibration]
     values = _node_values(model, calibration_x)
+    traced = trace(model, (example,), tracer="fx")
+    # Stretch ends are single-tensor cuts, so a stretch is a run of the topological order.
+    names = [n.name for n in traced.module.graph.nodes if n.op in _LAYER_OPS]
     stretches: list[_Stretch] = []
     start: str | None = None
     for index, end in enumerate(stretch_ends(model, example)):
@@ -197,7 +200,9 @@ def _measure(
         # Timed on one request: as many samples as the example input holds.
         latency = interleaved_latency_ms(paths, stretch_input[: len(example)], runs=runs)
         sizes = {n: p.stat().st_size / exported.stat().st_size for n, p in paths.items()}
-        stretches.append(_Stretch(_members(model, example, start, end), latency, sizes))
+        first = 0 if start is None else names.index(start) + 1
+        members = names[first : names.index(end) + 1]
+        stretches.append(_Stretch(members, latency, sizes))
         start = end
     whole = _variant_files(
         export_onnx(model, example, out / "model.onnx"), variants, calibration_x, out / "model"
@@ -272,15 +277,6 @@ def _node_values(model: nn.Module, x: NDArray[np.float32]) -> dict[str, NDArray[
     with torch.no_grad():
         _Recorder(traced.module).run(torch.from_numpy(x))
     return values
-
-
-def _members(model: nn.Module, example: torch.Tensor, start: str | None, end: str) -> list[str]:
-    """Graph nodes of the stretch after ``start`` up to ``end`` (placeholders included)."""
-    traced = trace(model, (example,), tracer="fx")
-    nodes = [n for n in traced.module.graph.nodes if n.op in _LAYER_OPS]
-    names = [n.name for n in nodes]
-    first = 0 if start is None else names.index(start) + 1
-    return names[first : names.index(end) + 1]
 
 
 def _accuracy_drops(

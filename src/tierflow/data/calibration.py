@@ -9,35 +9,38 @@ from __future__ import annotations
 
 import torch
 
-from tierflow.data.sources import load_dataset
+from tierflow.data.dataset import ArrayDataset
 from tierflow.errors import DatasetError
 
 DEFAULT_CALIBRATION_SAMPLES = 256
 
 
 def calibration_batch(
-    spec: str, like: torch.Tensor, *, samples: int = DEFAULT_CALIBRATION_SAMPLES
+    train: ArrayDataset,
+    *,
+    samples: int = DEFAULT_CALIBRATION_SAMPLES,
+    like: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The first ``samples`` training samples of dataset ``spec``, as a float32 batch.
+    """The first ``samples`` samples of ``train`` (a training split), as a float32 batch.
 
     Raises
     ------
     DatasetError
-        If the samples are not shaped like ``like`` (batch dimension aside) or
-        ``samples < 1``.
+        If ``samples < 1``, or the samples are not shaped like ``like`` (batch dimension
+        aside) when it is given.
 
     Examples
     --------
-    >>> batch = calibration_batch("mnist5k", torch.zeros(1, 1, 28, 28), samples=8)
+    >>> from tierflow.data import load_dataset
+    >>> batch = calibration_batch(load_dataset("mnist5k").train, samples=8)
     >>> tuple(batch.shape)
     (8, 1, 28, 28)
     """
     if samples < 1:
         raise DatasetError(f"calibration samples must be >= 1, got {samples}")
-    train = load_dataset(spec).train
-    if tuple(train.x.shape[1:]) != tuple(like.shape[1:]):
+    if like is not None and tuple(train.x.shape[1:]) != tuple(like.shape[1:]):
         raise DatasetError(
-            f"calibration data {spec!r}: samples are {tuple(train.x.shape[1:])}, but the "
-            f"model takes {tuple(like.shape[1:])}"
+            f"calibration data {train.name!r}: samples are {tuple(train.x.shape[1:])}, but "
+            f"the model takes {tuple(like.shape[1:])}"
         )
     return torch.from_numpy(train.x[:samples].astype("float32", copy=True))
