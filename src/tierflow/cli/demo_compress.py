@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tierflow.cli.app import console
 from tierflow.cli.demo_exits import DEMO_DATA, trained_demo_run
+from tierflow.cli.loading import loaded_from
 from tierflow.cli.model_bench import bench_table, run_testbed_bench
 from tierflow.compress.codec_options_measure import DEFAULT_OPTION_CODECS, codec_options_for
 from tierflow.compress.variant_options_measure import variant_options_for
@@ -83,6 +84,8 @@ def compress_demo(topology: Path, out: Path, *, emulate: bool) -> list[ConfigRes
         # here the comparison is compressed against uncompressed, and leaving the
         # baselines out keeps `make demo` short.
         baselines=False,
+        # The trained run loaded once: `run:DIR` would load and hash-check it again.
+        loaded=loaded_from(spec, model, (example,)),
     )
     console.print(bench_table(results))
     console.print(speedup_summary(results))

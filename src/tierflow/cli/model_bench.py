@@ -17,7 +17,7 @@ from rich.table import Table
 from tierflow.cli.app import console, err_console
 from tierflow.cli.commands_plan import read_raw_topology
 from tierflow.cli.exit_bench import RUN_PREFIX
-from tierflow.cli.loading import load_model, measured_tier_profiles
+from tierflow.cli.loading import LoadedModel, load_model, measured_tier_profiles
 from tierflow.compress.bottleneck_run import BottleneckConfig
 from tierflow.data import load_dataset
 from tierflow.data.calibration import calibration_batch
@@ -97,12 +97,18 @@ def run_testbed_bench(
     compression: CompressionChoice | None = None,
     labelled: LabelledSamples | None = None,
     baselines: bool = True,
+    loaded: LoadedModel | None = None,
 ) -> list[ConfigResult]:
-    """Profile each tier in its budget, plan, deploy, measure; write report.md/.json/.png."""
+    """Profile each tier in its budget, plan, deploy, measure; write report.md/.json/.png.
+
+    ``loaded``: the model ``model`` names, already resolved at ``input_shape`` by the
+    caller (:func:`~tierflow.cli.loading.loaded_from`); otherwise it is loaded here.
+    """
     say = err_console.print if quiet else console.print
     raw = read_raw_topology(topology, overrides)
     the_topology = topology_from_dict(raw, source=str(topology))
-    loaded = load_model(model, input_shape=input_shape)
+    if loaded is None:
+        loaded = load_model(model, input_shape=input_shape)
     profiles = measured_tier_profiles(
         model, the_topology, runs=profile_runs, say=say, input_shape=input_shape
     )
